@@ -1,0 +1,143 @@
+"""The candidate pool: one Parquet row per sampled response (schema in DESIGN.md)."""
+from __future__ import annotations
+
+import uuid
+from collections import Counter
+from typing import Any, Mapping, Sequence
+
+import pyarrow as pa
+import pyarrow.dataset as pads
+import pyarrow.fs as pafs
+import pyarrow.parquet as pq
+
+from bestofl import storage
+
+POOL_SCHEMA = pa.schema([
+    ("qid", pa.string()),
+    ("question_lang", pa.string()),
+    ("response_lang", pa.string()),
+    ("sample_idx", pa.int64()),
+    ("model", pa.string()),
+    ("method", pa.string()),
+    ("seed", pa.int64()),
+    ("prompt", pa.string()),
+    ("response", pa.string()),
+    ("answer", pa.string()),
+    ("gold", pa.string()),
+    ("correct", pa.bool_()),
+    ("num_tokens", pa.int64()),
+    ("finish_reason", pa.string()),
+    ("error", pa.string()),
+    ("score", pa.float64()),
+])
+REQUIRED = ("qid", "question_lang", "response_lang", "sample_idx", "model", "method", "response")
+IDENTITY = ("qid", "question_lang", "response_lang", "model", "method", "sample_idx")
+
+
+class PoolError(ValueError):
+    """A pool file is missing, malformed, or breaks row identity."""
+
+
+def to_table(rows: Sequence[Mapping[str, Any]] | Mapping[str, Sequence[Any]]) -> pa.Table:
+    """Rows (list of dicts) or columns (dict of lists) -> a table in pool schema order.
+
+    Columns the input lacks are null; columns outside the schema are an error.
+    """
+    columns = rows if isinstance(rows, Mapping) else _columns(rows)
+    unknown = set(columns) - set(POOL_SCHEMA.names)
+    if unknown:
+        raise PoolError(f"columns not in the pool schema: {sorted(unknown)}")
+    n = len(next(iter(columns.values()))) if columns else 0
+    arrays = []
+    for fld in POOL_SCHEMA:
+        values = columns.get(fld.name)
+        arrays.append(pa.array(values if values is not None else [None] * n, type=fld.type))
+    return pa.Table.from_arrays(arrays, schema=POOL_SCHEMA)
+
+
+def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
+    names = {k for r in rows for k in r}
+    return {k: [r.get(k) for r in rows] for k in names}
+
+
+def conform(table: pa.Table) -> pa.Table:
+    """Cast a table read from disk to the pool schema (partition columns come back as
+    dictionaries; absent optional columns become null)."""
+    missing = [c for c in REQUIRED if c not in table.column_names]
+    if missing:
+        raise PoolError(f"pool lacks required column(s) {missing}")
+    arrays = []
+    for fld in POOL_SCHEMA:
+        if fld.name in table.column_names:
+            col = table.column(fld.name)
+            if pa.types.is_dictionary(col.type):
+                col = col.cast(col.type.value_type)
+            try:
+                arrays.append(col.cast(fld.type))
+            except (pa.ArrowInvalid, pa.ArrowNotImplementedError) as e:
+                raise PoolError(f"column {fld.name!r} has type {col.type}, expected {fld.type}: {e}")
+        else:
+            arrays.append(pa.nulls(table.num_rows, type=fld.type))
+    return pa.Table.from_arrays(arrays, schema=POOL_SCHEMA)
+
+
+def parquet_files(uri: str) -> list[str]:
+    """Every data file of a pool folder (or the one file), skipping _/. metadata."""
+    fs, path = storage.filesystem(uri)
+    info = fs.get_file_info(path)
+    if info.type == pafs.FileType.NotFound:
+        raise PoolError(f"pool not found: {uri}")
+    if info.type == pafs.FileType.File:
+        return [path]
+    files = [
+        f.path for f in fs.get_file_info(pafs.FileSelector(path, recursive=True))
+        if f.type == pafs.FileType.File and f.path.endswith(".parquet")
+        and not any(p.startswith(("_", ".")) for p in f.path[len(path):].split("/") if p)
+    ]
+    return sorted(files)
+
+
+def read_pool(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
+    """Read a pool folder (hive-partitioned or flat) or a single Parquet file."""
+    fs, path = storage.filesystem(uri)
+    files = parquet_files(uri)
+    if not files:
+        return POOL_SCHEMA.empty_table() if columns is None else POOL_SCHEMA.empty_table().select(columns)
+    try:
+        dataset = pads.dataset(files, filesystem=fs, format="parquet",
+                               partitioning=pads.partitioning(flavor="hive"),
+                               partition_base_dir=path if len(files) > 1 or files[0] != path else None)
+        table = dataset.to_table()
+    except (pa.ArrowInvalid, OSError) as e:
+        raise PoolError(f"cannot read pool {uri}: {e}") from None
+    table = conform(table)
+    return table.select(list(columns)) if columns else table
+
+
+def write_pool(table: pa.Table, uri: str, partition_by: Sequence[str] = ("response_lang",),
+               basename: str | None = None) -> None:
+    """Write (append) one part of a pool; each call writes new, uniquely named files."""
+    fs, path = storage.filesystem(uri)
+    table = conform(table)
+    name = (basename or f"part-{uuid.uuid4().hex[:12]}") + "-{i}.parquet"
+    pq.write_to_dataset(table, path, filesystem=fs, partition_cols=list(partition_by) or None,
+                        basename_template=name, existing_data_behavior="overwrite_or_ignore")
+
+
+def identities(table: pa.Table) -> list[tuple]:
+    cols = [table.column(c).to_pylist() for c in IDENTITY]
+    return list(zip(*cols))
+
+
+def check_identity(table: pa.Table) -> None:
+    """Raise PoolError if any row identity appears twice."""
+    counts = Counter(identities(table))
+    dup = [k for k, c in counts.items() if c > 1]
+    if dup:
+        raise PoolError(f"{len(dup)} row identities written more than once, e.g. "
+                        f"{dict(zip(IDENTITY, dup[0]))}")
+
+
+def languages(table: pa.Table, column: str = "response_lang") -> list[str]:
+    return sorted(set(table.column(column).to_pylist()))
+

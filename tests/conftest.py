@@ -1,0 +1,66 @@
+"""Session fixtures: one simulated multi-node Ray cluster, tiny models, the shared data."""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+# Before ray/vllm import: quiet, local-only, no tokenizer thread pools fighting 2 cores.
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+os.environ.setdefault("DS_ACCELERATOR", "cpu")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("VLLM_CPU_NUM_OF_RESERVED_CPU", "0")
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+SHARED_DATA = ROOT.parent / "shared" / "data"
+MB = 2**20
+
+
+@pytest.fixture(scope="session")
+def shared_data() -> Path:
+    if not SHARED_DATA.is_dir():
+        pytest.skip(f"reference data not found at {SHARED_DATA}")
+    return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def mgsm_dir(shared_data: Path) -> Path:
+    return shared_data / "mgsm"
+
+
+@pytest.fixture(scope="session")
+def tiny_lm(tmp_path_factory) -> Path:
+    from bestofl.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "lm", kind="lm")
+
+
+@pytest.fixture(scope="session")
+def tiny_rm(tmp_path_factory) -> Path:
+    from bestofl.tiny import write_tiny_model
+
+    return write_tiny_model(tmp_path_factory.mktemp("tiny") / "rm", kind="rm")
+
+
+@pytest.fixture(scope="session")
+def ray_cluster():
+    """The session's one Ray instance: a head and two worker nodes on this machine.
+
+    Worker nodes carry a `sim_node` resource so a test can place one actor or training
+    worker per node; the head has spare CPUs so Data actors plus tasks never starve.
+    """
+    import ray
+    from ray.cluster_utils import Cluster
+
+    cluster = Cluster(initialize_head=True, head_node_args={
+        "num_cpus": 4, "object_store_memory": 256 * MB, "include_dashboard": False})
+    for _ in range(2):
+        cluster.add_node(num_cpus=2, object_store_memory=128 * MB, resources={"sim_node": 1})
+    cluster.wait_for_nodes()
+    ray.init(address=cluster.address)
+    yield cluster
+    ray.shutdown()
+    cluster.shutdown()
