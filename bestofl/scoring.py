@@ -1,0 +1,129 @@
+"""Reward-model scoring of a candidate pool, as two Ray Data stages.
+
+`sort_by_length` runs over windows of `sort_window` rows: it drops rows that a partial
+output already holds and sorts the rest by prompt + response length, so the actor batches
+cut from a window hold similar lengths (little padding) while the job still streams,
+with no global sort barrier. `Scorer` is the actor class that holds the reward model;
+inside each call `reward.model.score` sorts again and runs length-grouped forward passes.
+
+The reward model reads (question, response) with the pool's `prompt` as the question.
+Rows with `error` set or an empty response get score null: there is nothing to judge.
+"""
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import numpy as np
+import pyarrow as pa
+import pyarrow.compute as pc
+import pyarrow.dataset as pads
+import pyarrow.parquet as pq
+import torch
+
+from bestofl import pool, storage
+from bestofl.reward.model import load_reward_model, score
+
+
+def check_model(path: str, trust_remote_code: bool = False) -> None:
+    """Fail before any Ray work unless `path` is a folder holding a loadable model."""
+    from transformers import AutoConfig, AutoTokenizer
+
+    if not os.path.isdir(path):
+        raise FileNotFoundError(f"reward model not found: {path} (model= must be a local "
+                                "reward-model folder, e.g. one written by `bestofl train-rm`)")
+    if not any(name.endswith(".safetensors") for name in os.listdir(path)):
+        raise FileNotFoundError(f"reward model {path} has no .safetensors weights")
+    try:
+        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
+        AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"reward model {path} cannot be loaded: {e}") from None
+
+
+def read_columns(uri: str, columns: Sequence[str]) -> pa.Table:
+    """Only `columns` of a pool, typed as in POOL_SCHEMA: cheap, the texts stay on disk."""
+    fs, path = storage.filesystem(uri)
+    files = pool.parquet_files(uri)
+    schema = pa.schema([pool.POOL_SCHEMA.field(c) for c in columns])
+    if not files:
+        return schema.empty_table()
+    try:
+        dataset = pads.dataset(files, filesystem=fs, format="parquet",
+                               partitioning=pads.partitioning(flavor="hive"),
+                               partition_base_dir=path if files != [path] else None)
+        table = dataset.to_table(columns=list(columns))
+    except (pa.ArrowInvalid, OSError) as e:
+        raise pool.PoolError(f"cannot read pool {uri}: {e}") from None
+    arrays = []
+    for fld in schema:
+        col = table.column(fld.name)
+        if pa.types.is_dictionary(col.type):  # hive partition columns
+            col = col.cast(col.type.value_type)
+        arrays.append(col.cast(fld.type))
+    return pa.Table.from_arrays(arrays, schema=schema)
+
+
+def identity_keys(table: pa.Table) -> pa.Array:
+    """One string per row that joins the row identity (for vectorised set lookups)."""
+    parts = [pc.cast(table.column(c), pa.string()) for c in pool.IDENTITY]
+    keys = pc.binary_join_element_wise(*parts, "\x1f")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
+
+
+def drop_partial_files(uri: str) -> list[str]:
+    """Delete Parquet files a crash left half written (no readable footer); their rows
+    are simply scored again. Returns what was deleted."""
+    fs, _ = storage.filesystem(uri)
+    dropped = []
+    for path in pool.parquet_files(uri):
+        try:
+            pq.read_metadata(path, filesystem=fs)
+        except (pa.ArrowInvalid, OSError):
+            fs.delete_file(path)
+            dropped.append(path)
+    return dropped
+
+
+def sort_by_length(batch: pa.Table, done: pa.Array | None = None) -> pa.Table:
+    """A window of pool rows in the pool schema, minus `done` identities, shortest first."""
+    batch = pool.conform(batch)
+    if done is not None and len(done):
+        batch = batch.filter(pc.invert(pc.is_in(identity_keys(batch), value_set=done)))
+    length = pc.add(pc.fill_null(pc.utf8_length(batch.column("prompt")), 0),
+                    pc.fill_null(pc.utf8_length(batch.column("response")), 0))
+    return batch.take(pc.sort_indices(length))
+
+
+def needs_score(table: pa.Table) -> np.ndarray:
+    """Rows the reward model reads: no error and a non-blank response."""
+    text = pc.utf8_length(pc.utf8_trim_whitespace(table.column("response")))
+    ok = pc.and_(pc.is_null(table.column("error")), pc.greater(text, 0))
+    return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
+
+
+class Scorer:
+    """Ray Data actor: holds the reward model and adds `score` to pool batches."""
+
+    def __init__(self, model: str, dtype: str, max_length: int, batch_size: int,
+                 use_gpu: bool = False, threads: int | None = None,
+                 trust_remote_code: bool = False) -> None:
+        if threads:
+            # Ray pins OMP threads to the actor's num_cpus; say it explicitly for torch.
+            torch.set_num_threads(threads)
+        self.model, self.tokenizer = load_reward_model(model, dtype, trust_remote_code)
+        self.model.to("cuda" if use_gpu else "cpu").eval()
+        self.max_length, self.batch_size = max_length, batch_size
+
+    def __call__(self, batch: pa.Table) -> pa.Table:
+        batch = pool.conform(batch)
+        keep = needs_score(batch)
+        idx = np.flatnonzero(keep)
+        prompts = batch.column("prompt").take(idx).to_pylist()
+        responses = batch.column("response").take(idx).to_pylist()
+        values = np.zeros(batch.num_rows)
+        values[idx] = score(self.model, self.tokenizer, [p or "" for p in prompts], responses,
+                            self.max_length, self.batch_size)
+        column = pa.array(values, type=pa.float64(), mask=~keep)
+        return batch.set_column(batch.schema.get_field_index("score"), "score", column)
+

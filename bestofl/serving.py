@@ -1,0 +1,419 @@
+"""The Best-of-L selector as a Ray Serve application.
+
+Three deployments: `Selector`, the FastAPI ingress (validation, limits, auth, answer
+extraction, the selection policy); `Scorer`, the reward model, which batches
+(question, response) pairs across concurrent requests with `@serve.batch`; and, when a
+generator is configured, `Generator`, a vLLM engine that samples one question across
+languages for /solve. `build_app(cfg)` binds them; `app_builder(args)` is the import
+path that `serve run` / `serve deploy` / a RayService use (cluster/serve-config.yaml).
+"""
+# No `from __future__ import annotations`: the routes are closures that Serve pickles by
+# value, and FastAPI could not resolve string annotations against their pickled globals.
+import asyncio
+import hmac
+import logging
+import uuid
+from typing import Any, Optional
+
+from fastapi import FastAPI, HTTPException
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from omegaconf import OmegaConf
+from pydantic import BaseModel, ConfigDict, Field, field_validator
+from ray import serve
+from ray.exceptions import RayActorError
+from ray.serve.handle import DeploymentHandle
+
+from bestofl.answers import extract_answer
+from bestofl.config import ServeConfig, load_config
+from bestofl.languages import get_language, resolve_languages
+from bestofl.prompts import build_messages, render
+from bestofl.selection import vote_weights
+
+logger = logging.getLogger("ray.serve")
+
+
+# ---------------------------------------------------------------- request / response bodies
+class _Strict(BaseModel):
+    # Unknown keys are typos worth a 422, and "3" is not a number.
+    model_config = ConfigDict(extra="forbid", strict=True)
+
+
+class Candidate(_Strict):
+    text: str = Field(description="the response, as the model wrote it")
+    lang: str = Field(description="ISO 639-1 code of the language it reasons in")
+
+    @field_validator("lang")
+    @classmethod
+    def known_language(cls, code: str) -> str:
+        get_language(code)  # UnknownLanguageError (a ValueError) becomes a 422 naming the code
+        return code
+
+
+class SelectRequest(_Strict):
+    question: str = Field(min_length=1)
+    candidates: list[Candidate] = Field(min_length=1)
+
+
+class SolveRequest(_Strict):
+    question: str = Field(min_length=1)
+    lang: str = Field(description="language the question is posed in")
+    budget: int = Field(ge=1, description="responses to sample, over `languages` round-robin")
+    languages: list[str] = Field(default_factory=list,
+                                 description="the set L; empty: only `lang`")
+    translations: dict[str, str] = Field(
+        default_factory=dict,
+        description="question text per language: those languages are asked in their own "
+                    "language; the others are asked `question` and forced to reason in theirs")
+
+    @field_validator("lang")
+    @classmethod
+    def known_language(cls, code: str) -> str:
+        get_language(code)
+        return code
+
+    @field_validator("languages")
+    @classmethod
+    def known_languages(cls, codes: list[str]) -> list[str]:
+        return resolve_languages(codes) if codes else []  # drops repeats
+
+    @field_validator("translations")
+    @classmethod
+    def known_translations(cls, texts: dict[str, str]) -> dict[str, str]:
+        for code in texts:
+            get_language(code)
+        return texts
+
+
+class Selection(BaseModel):
+    best: int = Field(description="index of the selected candidate")
+    answer: Optional[str] = Field(description="its extracted, normalised final answer")
+    scores: list[float] = Field(description="reward-model score of every candidate")
+
+
+class Solution(Selection):
+    candidates: list[Candidate] = Field(description="the sampled responses, in order")
+
+
+# ---------------------------------------------------------------- selection
+def extract_answers(texts: list[str], langs: list[str]) -> list[Optional[str]]:
+    """`extract_answer` per candidate; a text it cannot read states no answer (a client's
+    odd text must not fail the request)."""
+    answers = []
+    for text, lang in zip(texts, langs):
+        try:
+            answers.append(extract_answer(text, lang))
+        except Exception as e:  # e.g. a 5,000-digit number: int() refuses it
+            logger.warning("answer extraction failed (%s: %s); no answer", type(e).__name__, e)
+            answers.append(None)
+    return answers
+
+
+def select(policy: str, answers: list[Optional[str]], scores: list[float]) -> int:
+    """Index of the chosen candidate.
+
+    rm_best: the highest score. majority: the most frequent answer; rm_vote: the answer
+    with the largest sum of `vote_weights` (sigmoid of the score, as `evaluate` counts it).
+    Both return that answer's highest-scored candidate, break ties by first appearance
+    (evaluate averages over ties; a service must pick one) and fall back to rm_best when
+    no candidate states an answer.
+    """
+    best = max(range(len(scores)), key=scores.__getitem__)
+    if policy == "rm_best" or all(a is None for a in answers):
+        return best
+    weights = [1.0] * len(scores) if policy == "majority" else vote_weights(scores).tolist()
+    mass: dict[str, float] = {}
+    for answer, weight in zip(answers, weights):
+        if answer is not None:
+            mass[answer] = mass.get(answer, 0.0) + weight
+    winner = max(mass, key=mass.__getitem__)
+    return max((i for i, a in enumerate(answers) if a == winner), key=scores.__getitem__)
+
+
+# ---------------------------------------------------------------- deployments
+@serve.deployment
+class Scorer:
+    """The reward model. Each (question, response) pair is one `@serve.batch` item, so one
+    forward pass serves pairs from many concurrent requests."""
+
+    def __init__(self, cfg: ServeConfig):
+        # Imported here: the ingress shares this module and needs no torch.
+        import torch
+
+        from bestofl.reward.model import load_reward_model
+
+        self.model, self.tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
+        self.device = "cuda" if torch.cuda.is_available() else "cpu"
+        self.model.to(self.device).eval()
+        self.max_length = cfg.max_length
+        self._forward.set_max_batch_size(cfg.max_batch_size)
+        self._forward.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+
+    async def score(self, questions: list[str], responses: list[str]) -> list[float]:
+        from bestofl.reward.model import encode
+
+        ids = [encode(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses)]
+        return list(await asyncio.gather(*(self._forward(x) for x in ids)))
+
+    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # reset from config in __init__
+    async def _forward(self, batch: list[list[int]]) -> list[float]:
+        # In a thread, so the event loop keeps accepting requests and filling the next batch.
+        return await asyncio.to_thread(self._run, batch)
+
+    def _run(self, batch: list[list[int]]) -> list[float]:
+        import torch
+
+        from bestofl.reward.model import collate, forward_scores
+
+        input_ids, mask = collate(batch, self.tokenizer.pad_token_id)
+        with torch.inference_mode():
+            return forward_scores(self.model, input_ids.to(self.device), mask.to(self.device)).tolist()
+
+
+@serve.deployment
+class Generator:
+    """A vLLM engine; concurrent /solve calls share its continuous batching."""
+
+    def __init__(self, cfg: ServeConfig):
+        from transformers import AutoTokenizer
+        from vllm import AsyncEngineArgs, AsyncLLMEngine
+
+        e = cfg.engine
+        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
+            model=cfg.generator, dtype=e.dtype, tensor_parallel_size=e.tensor_parallel_size,
+            max_model_len=e.max_model_len, kv_cache_memory_bytes=e.kv_cache_memory_bytes,
+            gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
+            enable_chunked_prefill=e.enable_chunked_prefill,
+            trust_remote_code=e.trust_remote_code, **e.extra))
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.generator,
+                                                       trust_remote_code=e.trust_remote_code)
+        self.sampling = cfg.sampling
+
+    async def generate(self, chats: list[list[dict]]) -> list[str]:
+        from vllm import SamplingParams
+
+        params = SamplingParams(temperature=self.sampling.temperature, top_p=self.sampling.top_p,
+                                max_tokens=self.sampling.max_tokens)
+
+        async def one(chat: list[dict]) -> str:
+            # Token ids, so the engine adds no second BOS to the rendered chat.
+            ids = self.tokenizer(render(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
+            if len(ids) >= self.engine.model_config.max_model_len:
+                raise ValueError(f"the question is too long for the generator: its prompt is "
+                                 f"{len(ids)} tokens, max_model_len is "
+                                 f"{self.engine.model_config.max_model_len}")
+            prompt = {"prompt_token_ids": ids}
+            final = None
+            async for final in self.engine.generate(prompt, params, request_id=uuid.uuid4().hex):
+                pass
+            return final.outputs[0].text
+
+        return list(await asyncio.gather(*(one(chat) for chat in chats)))
+
+    def check_health(self) -> None:
+        # A dead engine fails the health check, so Serve replaces the replica.
+        if self.engine.errored:
+            raise RuntimeError("the vLLM engine is dead")
+
+
+class _Guard:
+    """ASGI middleware run before any parsing: bearer token and body size for POSTs.
+
+    The body is read here up to the limit (Content-Length is not trusted: chunked bodies
+    have none) and replayed to the app, so an oversized body is never parsed.
+    """
+
+    def __init__(self, app: Any, token: Optional[str], max_body_bytes: int):
+        self.app, self.token, self.max_body_bytes = app, token, max_body_bytes
+
+    async def __call__(self, scope: dict, receive: Any, send: Any) -> None:
+        if scope["type"] != "http" or scope["method"] != "POST":
+            return await self.app(scope, receive, send)
+        headers = dict(scope["headers"])
+        if self.token is not None:
+            given = headers.get(b"authorization", b"")
+            scheme, _, value = given.partition(b" ")
+            if scheme.lower() != b"bearer" or not hmac.compare_digest(value.strip(),
+                                                                     self.token.encode()):
+                what = "wrong bearer token" if given else "missing bearer token"
+                return await JSONResponse({"detail": f"{what}: send 'Authorization: Bearer <token>'"},
+                                          401, {"WWW-Authenticate": "Bearer"})(scope, receive, send)
+        too_big = JSONResponse({"detail": f"request body is larger than {self.max_body_bytes} bytes"}, 413)
+        declared = headers.get(b"content-length", b"0")
+        if not declared.isdigit():
+            return await JSONResponse({"detail": "bad Content-Length header"}, 400)(scope, receive, send)
+        if int(declared) > self.max_body_bytes:
+            return await too_big(scope, receive, send)
+        chunks, size, more = [], 0, True
+        while more:
+            message = await receive()
+            if message["type"] == "http.disconnect":
+                return
+            chunks.append(message.get("body", b""))
+            size += len(chunks[-1])
+            if size > self.max_body_bytes:
+                return await too_big(scope, receive, send)
+            more = message.get("more_body", False)
+        body, replayed = b"".join(chunks), False
+
+        async def replay() -> dict:
+            nonlocal replayed
+            if replayed:
+                return await receive()
+            replayed = True
+            return {"type": "http.request", "body": body, "more_body": False}
+
+        await self.app(scope, replay, send)
+
+
+def _validation_error(_request: Any, exc: RequestValidationError) -> JSONResponse:
+    """422 with one readable line per problem (where, what), never echoing the input."""
+    lines = []
+    for err in exc.errors():
+        if err.get("type") == "json_invalid":
+            lines.append(f"body is not valid JSON: {err.get('ctx', {}).get('error', '')}")
+            continue
+        where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
+        lines.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "; ".join(lines)}, 422)
+
+
+@serve.deployment
+@serve.ingress()
+class Selector:
+    """HTTP ingress: POST /select, POST /solve, GET /healthz, docs at /docs."""
+
+    def __init__(self, cfg: ServeConfig, scorer: DeploymentHandle,
+                 generator: Optional[DeploymentHandle]):
+        self.cfg, self.scorer, self.generator = cfg, scorer, generator
+
+    def __serve_build_asgi_app__(self) -> FastAPI:
+        # Built per replica from the config (limits and token live in the middleware).
+        cfg = self.cfg
+        app = FastAPI(title="bestofl selector", version="1", description=(
+            "Best-of-L: pick the best of several responses to one math question, "
+            f"in any language. Selector: {cfg.selector}. Limits: {cfg.max_candidates} "
+            f"candidates, {cfg.max_text_chars} characters per text, {cfg.max_body_bytes} "
+            "bytes per body." + (" POST requests need 'Authorization: Bearer <token>'."
+                                 if cfg.token else "")))
+        app.add_middleware(_Guard, token=cfg.token, max_body_bytes=cfg.max_body_bytes)
+        app.add_exception_handler(RequestValidationError, _validation_error)
+
+        @app.get("/healthz")
+        async def healthz() -> dict:
+            return {"status": "ok", "selector": cfg.selector, "generator": cfg.generator is not None}
+
+        @app.post("/select", response_model=Selection)
+        async def select_(req: SelectRequest) -> dict:
+            self._check_limits(req.question, [c.text for c in req.candidates])
+            texts, langs = [c.text for c in req.candidates], [c.lang for c in req.candidates]
+            return await self._choose([req.question] * len(texts), texts, langs)
+
+        @app.post("/solve", response_model=Solution)
+        async def solve(req: SolveRequest) -> dict:
+            return await self._solve(req)
+
+        return app
+
+    def _check_limits(self, question: str, texts: list[str]) -> None:
+        cfg = self.cfg
+        if len(texts) > cfg.max_candidates:
+            raise HTTPException(422, f"candidates: {len(texts)} given, at most "
+                                     f"{cfg.max_candidates} allowed")
+        for where, text in [("question", question)] + [(f"candidates.{i}.text", t)
+                                                       for i, t in enumerate(texts)]:
+            if len(text) > cfg.max_text_chars:
+                raise HTTPException(422, f"{where}: {len(text)} characters, at most "
+                                         f"{cfg.max_text_chars} allowed")
+
+    async def _call(self, what: str, method: Any, *args: Any) -> Any:
+        # A replica that dies mid-request (crash, node loss, a kill) fails the call; both
+        # calls are pure, so try once more on whichever replica Serve routes to next.
+        for attempt in (1, 2):
+            try:
+                return await method.remote(*args)
+            except ValueError as e:  # the request's fault (raised as RayTaskError(ValueError))
+                raise HTTPException(422, str(getattr(e, "cause", e))) from None
+            except RayActorError as e:
+                logger.warning("%s call failed (attempt %d): %s", what, attempt, e)
+                if attempt == 2:
+                    raise HTTPException(503, f"{what} unavailable, try again: "
+                                             f"{type(e).__name__}") from None
+
+    async def _choose(self, questions: list[str], texts: list[str], langs: list[str]) -> dict:
+        # Answers are read in a thread while the scorer works: long texts take a while and
+        # must not stall the event loop that serves every other request.
+        scores, answers = await asyncio.gather(
+            self._call("reward model", self.scorer.score, questions, texts),
+            asyncio.to_thread(extract_answers, texts, langs))
+        best = select(self.cfg.selector, answers, scores)
+        return {"best": best, "answer": answers[best], "scores": scores}
+
+    async def _solve(self, req: SolveRequest) -> dict:
+        if self.generator is None:
+            raise HTTPException(400, "no generator configured: start the service with "
+                                     "generator=<model> to use /solve")
+        if req.budget > self.cfg.max_candidates:
+            raise HTTPException(422, f"budget: {req.budget} given, at most "
+                                     f"{self.cfg.max_candidates} allowed")
+        self._check_limits(req.question, list(req.translations.values()))
+        # Round-robin over L starting from the question's language (DESIGN.md's allocation).
+        langs = req.languages or [req.lang]
+        if req.lang in langs:
+            at = langs.index(req.lang)
+            langs = langs[at:] + langs[:at]
+        plan = [langs[i % len(langs)] for i in range(req.budget)]
+        questions, chats = [], []
+        for lang in plan:
+            if lang != req.lang and lang in req.translations:
+                questions.append(req.translations[lang])
+                chats.append(build_messages(req.translations[lang], lang, lang))
+            else:
+                questions.append(req.question)
+                chats.append(build_messages(req.question, req.lang, lang))
+        texts = await self._call("generator", self.generator.generate, chats)
+        chosen = await self._choose(questions, texts, plan)
+        return {**chosen, "candidates": [{"text": t, "lang": lang} for t, lang in zip(texts, plan)]}
+
+
+# ---------------------------------------------------------------- the application
+def build_app(cfg: ServeConfig) -> serve.Application:
+    """The bound application: ingress -> scorer (+ generator). Replicas, resources and
+    autoscaling come from the config; host/port are Serve's http_options, set by the caller."""
+    scaling = ({"autoscaling_config": dict(cfg.autoscaling)} if cfg.autoscaling
+               else {"num_replicas": cfg.scorer_replicas})
+    scorer = Scorer.options(
+        **scaling,
+        # Counted in requests, each holding several pairs: well above the batch size so
+        # batches fill from many requests at once.
+        max_ongoing_requests=4 * cfg.max_batch_size,
+        ray_actor_options={"num_cpus": cfg.scorer_num_cpus, "num_gpus": cfg.scorer_num_gpus},
+    ).bind(cfg)
+    generator = None
+    if cfg.generator:
+        generator = Generator.options(
+            num_replicas=cfg.generator_replicas, max_ongoing_requests=64,
+            ray_actor_options={"num_cpus": cfg.generator_num_cpus,
+                               "num_gpus": cfg.generator_num_gpus},
+        ).bind(cfg)
+    return Selector.options(
+        num_replicas=cfg.ingress_replicas, max_ongoing_requests=cfg.ingress_max_ongoing_requests,
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+    ).bind(cfg, scorer, generator)
+
+
+def config_from_args(args: dict[str, Any]) -> ServeConfig:
+    """Serve-config `args` (nested or dotted `bestofl serve` keys; strings as `serve run
+    ... key=value` passes them) as overrides on conf/serve.yaml, or on the file in `config`."""
+    args = dict(args)
+    config_file = args.pop("config", None)
+    overrides = OmegaConf.create()
+    for key, value in args.items():
+        OmegaConf.update(overrides, key, value, merge=True)
+    return load_config("serve", config_file, OmegaConf.to_container(overrides))
+
+
+def app_builder(args: dict[str, Any]) -> serve.Application:
+    """Import path for `serve run` / `serve deploy` / RayService configs
+    (cluster/serve-config.yaml); host and port come from the config's http_options."""
+    return build_app(config_from_args(args))

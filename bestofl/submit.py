@@ -1,0 +1,277 @@
+"""`bestofl submit`: run any bestofl command as a Ray job on a cluster (Ray Jobs API).
+
+    bestofl submit --address http://HEAD:8265 [--wait] [--extra gpu] <command> [overrides]
+    bestofl submit status|logs|stop JOB_ID --address http://HEAD:8265
+    bestofl submit list --address http://HEAD:8265
+
+The job's working_dir is the project root (code, conf/, cluster/), so the entrypoint
+`python -m bestofl.cli <command> ...` runs this checkout's code on the cluster with the
+interpreter first on the head's PATH (or --python). Overrides are checked here first: a wrong key fails
+before anything is uploaded.
+"""
+from __future__ import annotations
+
+import argparse
+import asyncio
+import os
+import re
+import shlex
+import sys
+import time
+import uuid
+from importlib import metadata
+from pathlib import Path
+from typing import Any, Sequence
+
+import yaml
+
+from bestofl.cli import PIPELINES
+from bestofl.config import parse_command_line
+
+PROJECT_ROOT = Path(__file__).resolve().parents[1]
+RUNTIME_ENV_FILE = PROJECT_ROOT / "cluster" / "runtime_env.yaml"
+# Commands the CLI runs itself rather than through a pipelines/ module.
+CLI_COMMANDS = ("import", "tiny-model")
+CONTROL = ("status", "logs", "stop", "list")
+EXTRAS = ("gpu", "cpu")
+
+
+def requirements(extra: str) -> list[str]:
+    """The package's pip requirements plus those of `extra`, without ray itself.
+
+    Ray comes from the cluster image (same version, pinned in cluster/); reinstalling it in
+    a job's runtime_env would shadow the running cluster's Ray.
+    """
+    from packaging.requirements import Requirement
+
+    out = []
+    for spec in metadata.requires("bestofl") or []:
+        req = Requirement(spec)
+        if req.name == "ray":
+            continue
+        if req.marker is None or req.marker.evaluate({"extra": extra}):
+            req.marker = None
+            out.append(str(req))
+    return out
+
+
+def runtime_env(working_dir: str, extra: str | None = None, env: dict[str, str] | None = None,
+                base_file: str | Path = RUNTIME_ENV_FILE) -> dict[str, Any]:
+    """cluster/runtime_env.yaml (excludes, env vars) + this job's working_dir, pip, env."""
+    base = yaml.safe_load(Path(base_file).read_text()) or {}
+    renv = {**base, "working_dir": working_dir}
+    if extra:
+        renv["pip"] = requirements(extra)
+    renv["env_vars"] = {**base.get("env_vars", {}), **(env or {})}
+    return renv
+
+
+def entrypoint(command: str, args: Sequence[str], python: str = "python") -> str:
+    """`python -m bestofl.cli <command> ...`: `bestofl <command>` run from the uploaded
+    working_dir (first on sys.path), with the CLI's one-line errors and exit codes."""
+    return shlex.join([python, "-m", "bestofl.cli", command, *args])
+
+
+def check_command(command: str, args: Sequence[str]) -> None:
+    """Validate a pipeline command's config locally, so a wrong key never reaches the cluster."""
+    if command in PIPELINES:
+        parse_command_line(command.replace("-", "_"), args)
+    elif command not in CLI_COMMANDS:
+        raise ValueError(f"unknown command {command!r}; choose one of "
+                         f"{', '.join([*PIPELINES, *CLI_COMMANDS])} (or status, logs, stop, list)")
+
+
+def job_args(args: Sequence[str], working_dir: str) -> list[str]:
+    """Rewrite `--config FILE` relative to the working_dir, where the job finds it."""
+    out = list(args)
+    for i, arg in enumerate(out):
+        if arg == "--config" and i + 1 < len(out):
+            out[i + 1] = _in_working_dir(out[i + 1], working_dir)
+        elif arg.startswith("--config="):
+            out[i] = "--config=" + _in_working_dir(arg.split("=", 1)[1], working_dir)
+    return out
+
+
+def _in_working_dir(path: str, working_dir: str) -> str:
+    if "://" in working_dir:  # a remote zip: the path is already relative to it
+        return path
+    full, root = Path(path).resolve(), Path(working_dir).resolve()
+    if not full.is_relative_to(root):
+        raise ValueError(f"--config {path} is outside the job's working_dir {root}; "
+                         f"put it inside so it is uploaded with the job")
+    return full.relative_to(root).as_posix()
+
+
+def _env_pairs(items: Sequence[str]) -> dict[str, str]:
+    """`K=V`, or `K` alone to pass this shell's value (credentials stay off the command line)."""
+    env = {}
+    for item in items:
+        key, sep, value = item.partition("=")
+        if not sep:
+            if key not in os.environ:
+                raise ValueError(f"--env {key}: not set in this shell; write --env {key}=VALUE")
+            value = os.environ[key]
+        env[key] = value
+    return env
+
+
+def _client(address: str | None):
+    from ray.job_submission import JobSubmissionClient
+
+    address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
+    if not address:
+        raise ValueError("no cluster given: pass --address http://HEAD:8265 "
+                         "(or set RAY_API_SERVER_ADDRESS)")
+    try:
+        return JobSubmissionClient(address)
+    except ConnectionError as e:
+        raise ValueError(f"cannot reach the Ray dashboard at {address}: {e}") from None
+
+
+def _last_error(logs: str) -> str:
+    """The line that names what went wrong: a CLI error, else the last exception line."""
+    lines = [line.strip() for line in logs.splitlines() if line.strip()]
+    for pattern in (r"^bestofl [\w-]+: error:", r"^[\w.]*(Error|Exception)\b.*:", r"error", r"Error"):
+        for line in reversed(lines):
+            if re.search(pattern, line):
+                return line
+    return lines[-1] if lines else ""
+
+
+def wait(client, job_id: str, follow: bool = True, poll_s: float = 1.0) -> int:
+    """Stream the job's logs until it ends; 0 when it SUCCEEDED, 1 otherwise (error printed)."""
+    from ray.job_submission import JobStatus
+
+    if follow:
+        async def tail() -> None:
+            async for chunk in client.tail_job_logs(job_id):
+                print(chunk, end="", flush=True)
+        try:
+            asyncio.run(tail())
+        except RuntimeError as e:  # the log stream can drop; the status below still decides
+            print(f"bestofl submit: log stream ended: {e}", file=sys.stderr)
+    while not (info := client.get_job_info(job_id)).status.is_terminal():
+        time.sleep(poll_s)
+    if info.status == JobStatus.SUCCEEDED:
+        print(f"bestofl submit: job {job_id} SUCCEEDED", file=sys.stderr)
+        return 0
+    code = info.driver_exit_code
+    error = _last_error(client.get_job_logs(job_id)) or (info.message or "").splitlines()[0]
+    print(f"bestofl submit: job {job_id} {info.status.value}"
+          + (f" (exit code {code})" if code is not None else "") + f": {error}", file=sys.stderr)
+    return 1
+
+
+def submit(args: argparse.Namespace) -> int:
+    command, rest = args.command, list(args.args)
+    check_command(command, rest)
+    working_dir = args.working_dir or str(PROJECT_ROOT)
+    rest = job_args(rest, working_dir)
+    client = _client(args.address)
+    job_id = args.job_id or f"bestofl-{command}-{time.strftime('%Y%m%d-%H%M%S')}-{uuid.uuid4().hex[:6]}"
+    resources = {}
+    for item in args.entrypoint_resources:
+        name, _, amount = item.partition("=")
+        try:
+            resources[name] = float(amount)
+        except ValueError:
+            raise ValueError(f"--entrypoint-resources {item!r} is not NAME=AMOUNT") from None
+    try:
+        job_id = client.submit_job(
+            entrypoint=entrypoint(command, rest, args.python),
+            submission_id=job_id,
+            runtime_env=runtime_env(working_dir, args.extra, _env_pairs(args.env), args.runtime_env),
+            metadata={"bestofl_command": command},
+            entrypoint_num_cpus=args.entrypoint_num_cpus,
+            entrypoint_num_gpus=args.entrypoint_num_gpus,
+            entrypoint_memory=args.entrypoint_memory,
+            entrypoint_resources=resources or None,
+        )
+    except RuntimeError as e:  # refused: duplicate id, no job agent yet, bad runtime_env
+        raise ValueError(f"the cluster refused job {job_id}: {e}") from None
+    print(job_id)
+    print(f"bestofl submit: submitted {job_id}; follow it with "
+          f"`bestofl submit logs {job_id} --follow --address {client.get_address()}`", file=sys.stderr)
+    if not args.wait:
+        return 0
+    try:
+        return wait(client, job_id)
+    except KeyboardInterrupt:
+        print(f"\nbestofl submit: stopped following; job {job_id} keeps running "
+              f"(bestofl submit stop {job_id})", file=sys.stderr)
+        return 130
+
+
+def control(verb: str, argv: Sequence[str], address: str | None) -> int:
+    parser = argparse.ArgumentParser(prog=f"bestofl submit {verb}")
+    if verb != "list":
+        parser.add_argument("job_id")
+    parser.add_argument("--address", default=address)
+    if verb == "logs":
+        parser.add_argument("--follow", action="store_true", help="stream until the job ends")
+    if verb == "stop":
+        parser.add_argument("--wait", action="store_true", help="wait until the job has stopped")
+    args = parser.parse_args(argv)
+    client = _client(args.address)
+    try:
+        if verb == "list":
+            for job in client.list_jobs():
+                print(f"{job.submission_id or job.job_id}\t{job.status.value}\t{job.entrypoint}")
+        elif verb == "status":
+            info = client.get_job_info(args.job_id)
+            print(f"{args.job_id}\t{info.status.value}" + (f"\t{info.message}" if info.message else ""))
+        elif verb == "logs":
+            if args.follow:
+                return wait(client, args.job_id)
+            print(client.get_job_logs(args.job_id), end="")
+        elif verb == "stop":
+            stopped = client.stop_job(args.job_id)
+            print(f"{args.job_id}\t{'stop requested' if stopped else 'not running'}")
+            if args.wait:
+                while not (status := client.get_job_status(args.job_id)).is_terminal():
+                    time.sleep(1)
+                print(f"{args.job_id}\t{status.value}")
+    except RuntimeError as e:  # unknown job id, refused request
+        raise ValueError(str(e)) from None
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="bestofl submit",
+        description="Run a bestofl command as a Ray job (Ray Jobs API), or inspect one.",
+        epilog="`bestofl submit status|logs|stop JOB_ID --address URL`, `bestofl submit list`.")
+    p.add_argument("--address", default=None,
+                   help="Ray dashboard URL, e.g. http://HEAD:8265 (default: $RAY_API_SERVER_ADDRESS)")
+    p.add_argument("--wait", action="store_true",
+                   help="stream the job's logs and exit with its status (0 only when SUCCEEDED)")
+    p.add_argument("--job-id", default=None, help="submission id (default bestofl-<command>-<time>-<rand>)")
+    p.add_argument("--extra", choices=EXTRAS, default=None,
+                   help="pip-install the package's deps with this extra in the job's runtime_env; "
+                        "omit when the cluster image already has them")
+    p.add_argument("--env", action="append", default=[], metavar="K=V",
+                   help="job env var; `--env K` passes this shell's value of K")
+    p.add_argument("--working-dir", default=None,
+                   help="folder to upload, or a remote zip URI (default: the project root)")
+    p.add_argument("--runtime-env", default=str(RUNTIME_ENV_FILE),
+                   help="base runtime_env YAML (default cluster/runtime_env.yaml)")
+    p.add_argument("--python", default="python", help="interpreter on the cluster (default: python on PATH)")
+    p.add_argument("--entrypoint-num-cpus", type=float, default=None)
+    p.add_argument("--entrypoint-num-gpus", type=float, default=None)
+    p.add_argument("--entrypoint-memory", type=int, default=None, help="bytes")
+    p.add_argument("--entrypoint-resources", action="append", default=[], metavar="NAME=AMOUNT")
+    p.add_argument("command", help="a bestofl command (sample, train-rm, score, evaluate, ...) "
+                                   "or status|logs|stop|list")
+    p.add_argument("args", nargs=argparse.REMAINDER, help="the command's own arguments")
+    return p
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(list(sys.argv[1:] if argv is None else argv))
+    if args.command in CONTROL:
+        return control(args.command, args.args, args.address)
+    return submit(args)
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,95 @@
+"""`bestofl sample`: questions -> candidate pool, with vLLM engines on Ray Data actors.
+
+    questions (driver) -> work items (qid, question_lang, response_lang, indices to draw)
+        -> from_items -> map_batches(Sampler: one vllm.LLM per actor, ActorPoolStrategy)
+        -> driver writes each finished batch as Parquet parts (partitioned by response_lang)
+
+Resumable: a rerun into an unfinished output draws only the sample indices it lacks, so a
+crash loses at most the batches in flight. Actors that die are restarted by Ray and their
+batches retried (Ray Data's default max_restarts/max_task_retries = -1); rows are written
+only by the driver, once, when a batch comes back.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import sys
+import time
+from typing import Any, Sequence
+
+import pyarrow.compute as pc
+import ray
+from tqdm import tqdm
+
+from bestofl import pool, sampling, storage
+from bestofl.config import SampleConfig, parse_command_line
+from bestofl.languages import resolve_languages
+from bestofl.questions import load_questions
+from bestofl.ray_runtime import init_ray
+
+
+def run(cfg: SampleConfig) -> dict[str, Any]:
+    if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
+        cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
+    sampling.check_model(cfg.model)
+    if cfg.mode == "forcing":
+        questions = load_questions(cfg.questions, [cfg.question_lang], cfg.limit, cfg.skip_malformed)
+        languages = resolve_languages(cfg.languages) if cfg.languages else sorted(
+            {q["lang"] for q in load_questions(cfg.questions, None, 1, cfg.skip_malformed)})
+    else:
+        questions = load_questions(cfg.questions, cfg.languages or None, cfg.limit, cfg.skip_malformed)
+        languages = resolve_languages(cfg.languages, {q["lang"] for q in questions})
+    if not questions or not languages:
+        raise ValueError(f"no questions to sample from {cfg.questions} (languages {languages})")
+    model = sampling.model_name(cfg)
+
+    if storage.prepare_output(cfg.output, cfg.overwrite):
+        sampling.check_resumable(cfg.output, cfg)
+    storage.save_config(cfg.output, cfg)
+    done = sampling.written(cfg.output, model)
+    items = sampling.work_items(questions, cfg.mode, languages, cfg.question_lang, cfg.n, done)
+    n_questions = len({q["qid"] for q in questions})
+    todo = sum(len(it["sample_idxs"]) for it in items)
+    already = sum(len(v) for v in done.values())
+    print(f"bestofl sample: {n_questions} questions x {len(languages)} languages ({cfg.mode}), "
+          f"n={cfg.n}: {todo} samples to draw, {already} already in {cfg.output}; "
+          f"{cfg.actors.num_actors} actor(s) of {model}", flush=True)
+
+    start = time.perf_counter()
+    new = tokens = errors = 0
+    if items:
+        init_ray(cfg.ray)
+        a = cfg.actors
+        ds = ray.data.from_items(items).map_batches(
+            sampling.Sampler, fn_constructor_kwargs={"cfg": cfg, "model": model},
+            batch_size=a.batch_size, batch_format="pyarrow",
+            compute=ray.data.ActorPoolStrategy(size=a.num_actors),
+            num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=a.resources or None,
+            runtime_env={"env_vars": dict(a.env_vars)} if a.env_vars else None)
+        with tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True) as bar:
+            for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
+                pool.write_pool(table, cfg.output)
+                new += table.num_rows
+                tokens += pc.sum(table.column("num_tokens")).as_py() or 0
+                errors += table.num_rows - table.column("error").null_count
+                bar.update(table.num_rows)
+                bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}", errors=errors)
+    seconds = time.perf_counter() - start
+    summary = {"questions": n_questions, "languages": languages, "mode": cfg.mode, "model": model,
+               "samples": already + new, "new_samples": new, "generated_tokens": tokens,
+               "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
+               "errors": errors, "seconds": round(seconds, 1)}
+    storage.mark_finished(cfg.output, summary)
+    print(f"bestofl sample: {n_questions} questions, {already + new} samples ({new} new), "
+          f"{tokens} generated tokens, {summary['tokens_per_s']} tokens/s, {errors} errors, "
+          f"{seconds:.0f} s -> {cfg.output}", flush=True)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(parse_command_line("sample", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

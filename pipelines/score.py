@@ -1,0 +1,126 @@
+"""`bestofl score`: candidate pool + reward model -> the same pool with `score`.
+
+    read_parquet(input) -> sort_by_length (windows, minus rows already in output)
+        -> Scorer actors (reward model, concurrency = actors.num_actors)
+        -> write_parquet(output, partitioned by response_lang)
+
+Resumable: rerunning into an unfinished output scores only the rows it lacks (by row
+identity). Rows with `error` set or an empty response get score null.
+"""
+from __future__ import annotations
+
+import dataclasses
+import os
+import posixpath
+import sys
+import time
+from typing import Any, Sequence
+
+import pyarrow.fs as pafs
+import ray
+from omegaconf import OmegaConf
+from ray.data.datasource import Partitioning
+
+from bestofl import pool, scoring, storage
+from bestofl.config import ScoreConfig, parse_command_line
+from bestofl.ray_runtime import init_ray
+
+# A partial output may only be continued by the same job: other scores would mix in.
+SAME_JOB_KEYS = ("input", "model", "max_length", "dtype")
+
+
+def _local(uri: str) -> str:
+    # Actors on other nodes run in other folders: hand them absolute paths.
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+def _check_same_job(cfg: ScoreConfig) -> None:
+    """Refuse to continue a partial output written with another model or input."""
+    saved_path = storage.join(cfg.output, "config.yaml")
+    if not storage.exists(saved_path):
+        return
+    saved = OmegaConf.create(storage.read_text(saved_path))
+    diff = [k for k in SAME_JOB_KEYS if saved.get(k) != getattr(cfg, k)]
+    if not diff:
+        return
+    if not cfg.overwrite:
+        raise ValueError(f"{cfg.output} holds a partial result of another job (different "
+                         f"{', '.join(diff)}); pass overwrite=true to start it over")
+    fs, path = storage.filesystem(cfg.output)
+    fs.delete_dir_contents(path)
+
+
+def run(cfg: ScoreConfig) -> dict[str, Any]:
+    cfg = dataclasses.replace(cfg, input=_local(cfg.input), model=_local(cfg.model),
+                              output=_local(cfg.output))
+    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
+        raise ValueError("output must be a new folder, not the input pool")
+    scoring.check_model(cfg.model, cfg.trust_remote_code)
+    source = scoring.read_columns(cfg.input, pool.IDENTITY)
+    if source.num_rows == 0:
+        raise pool.PoolError(f"input pool {cfg.input} holds no rows")
+    pool.check_identity(source)
+
+    resuming = storage.prepare_output(cfg.output, cfg.overwrite)
+    dropped: list[str] = []
+    if resuming:
+        _check_same_job(cfg)
+        dropped = scoring.drop_partial_files(cfg.output)
+    storage.save_config(cfg.output, cfg)
+    done = scoring.identity_keys(scoring.read_columns(cfg.output, pool.IDENTITY))
+    todo = source.num_rows - len(done)
+    print(f"bestofl score: {source.num_rows} rows in {cfg.input}; {len(done)} already scored "
+          f"in {cfg.output}; scoring {todo} with {cfg.actors.num_actors} actor(s)"
+          + (f"; dropped {len(dropped)} half-written file(s)" if dropped else ""), flush=True)
+
+    start = time.perf_counter()
+    if todo > 0:
+        init_ray(cfg.ray)
+        in_fs, in_path = storage.filesystem(cfg.input)
+        out_fs, out_path = storage.filesystem(cfg.output)
+        one_file = in_fs.get_file_info(in_path).type == pafs.FileType.File
+        base = posixpath.dirname(in_path) if one_file else in_path
+        use_gpu = cfg.actors.num_gpus > 0
+        ds = ray.data.read_parquet(
+            pool.parquet_files(cfg.input), filesystem=in_fs,
+            partitioning=Partitioning("hive", base_dir=base, filesystem=in_fs))
+        ds = ds.map_batches(scoring.sort_by_length, batch_size=cfg.sort_window,
+                            batch_format="pyarrow", fn_kwargs={"done": done if len(done) else None})
+        ds = ds.map_batches(
+            scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
+            concurrency=cfg.actors.num_actors, num_cpus=cfg.actors.num_cpus,
+            num_gpus=cfg.actors.num_gpus if use_gpu else None,
+            fn_constructor_kwargs=dict(
+                model=cfg.model, dtype=cfg.dtype, max_length=cfg.max_length,
+                batch_size=cfg.forward_batch_size, use_gpu=use_gpu,
+                threads=None if use_gpu else (cfg.torch_threads or max(1, int(cfg.actors.num_cpus))),
+                trust_remote_code=cfg.trust_remote_code))
+        ds.write_parquet(out_path, filesystem=out_fs, partition_cols=["response_lang"])
+    seconds = time.perf_counter() - start
+
+    result = scoring.read_columns(cfg.output, [*pool.IDENTITY, "score"])
+    pool.check_identity(result)
+    if result.num_rows != source.num_rows:
+        raise pool.PoolError(f"{cfg.output} holds {result.num_rows} rows, the input "
+                             f"{source.num_rows}; rerun to finish the missing ones")
+    scored = result.num_rows - result.column("score").null_count
+    summary = {
+        "rows": result.num_rows, "already_scored": len(done), "scored_now": todo,
+        "with_score": scored, "null_score": result.num_rows - scored,
+        "seconds": round(seconds, 2), "rows_per_s": round(todo / seconds, 2) if todo else None,
+        "languages": pool.languages(result), "model": cfg.model,
+    }
+    print("bestofl score: finished")
+    for key, value in summary.items():
+        print(f"  {key:<15} {value}")
+    storage.mark_finished(cfg.output, summary)
+    return summary
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    run(parse_command_line("score", argv))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
