@@ -26,7 +26,7 @@ _MINUS = {"\u2212": "-", "\uff0d": "-", "\ufe63": "-"}
 # LaTeX and typographic spaces between digits group thousands ("1\,000", "8\ 000").
 _THIN_SPACE_RE = re.compile(r"(\d)(?:\\[,;:! ]|~|[\u00a0\u2009\u2007\u202f])(?=\d)")
 _TEXT_MACRO_RE = re.compile(r"\\(?:text|textbf|mathrm|mbox|operatorname)\s*\{([^{}]*)\}")
-_BOX_RE = re.compile(r"\\(?:boxed|fbox)\s*\{")
+_BOX_OR_BRACE_RE = re.compile(r"\\(?:boxed|fbox)\s*\{|[{}]")
 # ChatML turn markers; reasoning models open/close their thinking with these.
 _ASSISTANT = "<|im_start|>assistant"
 _END_TOKENS = ("<|im_end|>", "<|endoftext|>")
@@ -34,10 +34,11 @@ _THINK_OPEN = ("<|im_start|>think", "<think>")
 _THINK_CLOSE = ("<|im_start|>answer", "</think>")
 # English variants models write whatever language they reason in.
 _COMMON_CUES = ("Final Answer", "Final Answer:", "The final answer is", "the answer is",
-                "Answer:", "Jibu la mwisho")
+                "Answer:")
 _CURRENCY = r"(?:\\?\$|[€£¥₹৳฿₦]|Rs\.?|US\$)"
 _OPERATOR_RE = re.compile(r"\s*(?:[-+*/×÷·x=]|\\times|\\cdot|\\div)\s*")
 _TAIL_CHARS = 4000
+_MAX_NUMBER_CHARS = 200
 _LABEL_RE = re.compile(r"[ \t]*[:：\n]")
 _WORD_RE = re.compile(r"[^\W_]")
 _DANGLING_RE = re.compile(r"(?:[-+*/×÷=]|\\times|\\cdot)\s*$")
@@ -164,6 +165,8 @@ def _separators(language: Language | None) -> tuple[set[str], set[str], set[str]
 def _numbers(text: str, language: Language | None) -> list[_Num]:
     found = []
     for m in _number_re(language).finditer(text):
+        if m.end() - m.start() > _MAX_NUMBER_CHARS:  # int() refuses 4,300+ digits
+            continue
         sign = -1 if m["neg"] else 1
         if m["fn"] is not None:
             values = [_ratio(int(m["fn"]), int(m["fd"]))]
@@ -246,17 +249,15 @@ def _stated(region: str, language: Language | None, labels_only: bool) -> Fracti
 
 
 def _boxes(text: str) -> list[str]:
-    """Contents of every \\boxed{...}, nested braces included, in order."""
-    # One pass pairs every "{" with its "}" (a scan per box was quadratic in the number
-    # of unclosed boxes: 2,800 of them in 20k characters took 40 s).
-    closing, stack = {}, []
-    for i, ch in enumerate(text):
-        if ch == "{":
-            stack.append(i)
-        elif ch == "}" and stack:
-            closing[stack.pop()] = i
-    return [text[m.end():closing[m.end() - 1]] for m in _BOX_RE.finditer(text)
-            if m.end() - 1 in closing]
+    """Contents of every closed \\boxed{...}, nested braces included, in order of opening."""
+    found, stack = [], []  # stack: content start of an open box, or -1 for a plain brace
+    for m in _BOX_OR_BRACE_RE.finditer(text):
+        if m.group() == "}":
+            if stack and (start := stack.pop()) >= 0:
+                found.append((start, text[start:m.start()]))
+        else:
+            stack.append(m.end() if len(m.group()) > 1 else -1)
+    return [content for _, content in sorted(found)]
 
 
 @lru_cache(maxsize=8)

@@ -225,8 +225,8 @@ class EvaluateConfig:
     output: str = MISSING
     selectors: list[str] = MISSING
     budgets: list[int] = field(default_factory=list)  # empty: 1, 2, 4, ... up to what the pool holds
-    languages: list[str] = field(default_factory=list)  # target languages; empty: all in the pool
-    cross_languages: list[str] = field(default_factory=list)  # the set L; empty: all in the pool
+    languages: list[str] = field(default_factory=list)  # target languages; empty: those of L
+    cross_languages: list[str] = field(default_factory=list)  # the set L, round-robin order; empty: all in the pool
     allocation: str = MISSING  # round_robin | weighted
     calibrate: bool = MISSING  # per-language score standardisation from the RM's statistics
     rm_stats: Optional[str] = MISSING  # reward-model folder holding bestofl_rm.json

@@ -119,7 +119,8 @@ def allocation_order(languages: Sequence[str], target: str, capacity: Mapping[st
                     taken[lang] += 1
         else:
             open_ = [lang for lang in rotation if taken[lang] < capacity[lang]]
-            lang = max(open_, key=lambda x: weights[x] / (taken[x] + 1))  # first max: rotation order
+            # max() keeps the first of equal values: ties go in rotation order
+            lang = max(open_, key=lambda x: weights[x] / (taken[x] + 1))
             order.append(lang)
             taken[lang] += 1
     return order
@@ -244,8 +245,9 @@ def evaluate(table: pa.Table, cfg: Any, rm_info: Mapping[str, Any] | None = None
             raise ValueError(f"{what} {absent} not in the pool (it has {pool_langs})")
         return resolved
 
-    targets = in_pool(cfg.languages, "languages")
     cross = in_pool(cfg.cross_languages, "cross_languages")
+    targets = in_pool(cfg.languages, "languages") if cfg.languages else \
+        [lang for lang in pool_langs if lang in cross]
     outside = [t for t in targets if t not in cross]
     if outside:
         raise ValueError(f"target language(s) {outside} are not in cross_languages {cross}: "
@@ -259,7 +261,8 @@ def evaluate(table: pa.Table, cfg: Any, rm_info: Mapping[str, Any] | None = None
         weights = dict(rm_info.get("lang_accuracy") or {})
         missing = [lang for lang in cross if lang not in weights]
         if missing:
-            raise ValueError(f"allocation=weighted: lang_accuracy in bestofl_rm.json lacks {missing}")
+            raise ValueError(f"allocation=weighted: lang_accuracy in bestofl_rm.json lacks "
+                             f"{missing}")
         if any(not np.isfinite(weights[x]) or weights[x] < 0 for x in cross):
             raise ValueError(f"allocation=weighted: lang_accuracy must be >= 0, got {weights}")
     all_langs = sorted(set(targets) | set(cross))
@@ -293,15 +296,13 @@ def evaluate(table: pa.Table, cfg: Any, rm_info: Mapping[str, Any] | None = None
                            f"for rm_best and carry no weight in rm_vote")
         provenance = getattr(cfg, "score_provenance", None)
         if provenance is None:
-            message = ("WARNING: score_provenance is not set: rm_best / rm_vote are only honest if the "
-                       "scores come from a reward model that never saw these questions "
-                       "(train-rm cross-fitting or a question-level held-out split); say so "
-                       "with score_provenance=cross_fit|held_out")
-            notices.append(message)
+            notices.append("WARNING: score_provenance is not set: rm_best / rm_vote are only "
+                           "honest if the scores come from a reward model that never saw these "
+                           "questions (train-rm cross-fitting or a question-level held-out "
+                           "split); say so with score_provenance=cross_fit|held_out")
         elif provenance == "in_sample":
-            message = ("WARNING: score_provenance=in_sample: the reward model saw these questions in "
-                       "training; rm_best / rm_vote accuracies are optimistic")
-            notices.append(message)
+            notices.append("WARNING: score_provenance=in_sample: the reward model saw these "
+                           "questions in training; rm_best / rm_vote accuracies are optimistic")
     if not selectors:
         raise ValueError(f"no selector left to evaluate (asked for {list(cfg.selectors)})")
 

@@ -44,7 +44,7 @@ def report_markdown(ev: Evaluation, cfg: Any) -> str:
            "Accuracy (%) at budget k (responses per question the selector sees) is the "
            "expectation over which k responses are drawn, exact for "
            + (", ".join(_EXACT[s] for s in ev.selectors if s in _EXACT) or "none")
-           + ", by Monte Carlo over " + str(cfg.monte_carlo) + f" seeded draws (seed {cfg.seed}) for "
+           + f", by Monte Carlo over {cfg.monte_carlo} seeded draws (seed {cfg.seed}) for "
            + (", ".join(s for s in ev.selectors if s not in _EXACT) or "none") + ". Brackets: "
            f"{100 * cfg.confidence:.0f}% bootstrap interval over questions "
            f"({cfg.bootstrap} resamples). *mono*: all k from the target language; "
@@ -77,8 +77,8 @@ def report_markdown(ev: Evaluation, cfg: Any) -> str:
             for s in ev.selectors:
                 for p in POOLS:
                     r = rows.get((t, p, s, k))
-                    cells.append("" if r is None else
-                                 f"{_pct(r['accuracy'])} [{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]")
+                    cells.append("" if r is None else f"{_pct(r['accuracy'])} "
+                                 f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]")
             out.append(f"| {k} | " + " | ".join(cells) + " |")
         alloc = ev.plans[(t, "cross")]["allocation"]
         out += ["", "Cross-lingual draw per budget: " + "; ".join(

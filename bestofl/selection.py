@@ -168,9 +168,10 @@ def expected_votes(cls: np.ndarray, weight: np.ndarray, slots: np.ndarray,
     at = {k: i for i, k in enumerate(record)}
     sums = {sel: np.zeros((len(record), q, len(keys))) for sel in selectors}
 
-    cls_ext = np.concatenate([np.where(cls >= 0, cls, dummy), np.full((q, 1), dummy)], axis=1)
+    cls_ext = np.concatenate([np.where(cls >= 0, cls, dummy), np.full((q, 1), dummy)],
+                             axis=1).astype(np.int32)
     w_ext = np.concatenate([np.where(cls >= 0, weight, 0.0), np.zeros((q, 1))], axis=1)
-    slots_ext = np.concatenate([slots, np.full((q, n_lang, 1), n)], axis=2)
+    slots_ext = np.concatenate([slots, np.full((q, n_lang, 1), n)], axis=2).astype(np.int32)
     padding = slots_ext >= n
     rows = np.arange(q)[None, :, None, None]
     # Draws per chunk: the per-step arrays (s, Q, plans) stay in cache and the class
@@ -189,6 +190,7 @@ def expected_votes(cls: np.ndarray, weight: np.ndarray, slots: np.ndarray,
         pick = pos[:, :, lang_seq, place_seq]  # (s, Q, plans, k_max)
         step_cls = np.ascontiguousarray(np.moveaxis(cls_ext[rows, pick], 3, 0))
         base = np.arange(s * per_draw).reshape(s, q, len(keys)) * n_class
+        step_idx = step_cls + base  # flat index of (draw, question, plan, class)
         for sel in selectors:
             if sel == "rm_vote":
                 step_inc = np.ascontiguousarray(np.moveaxis(w_ext[rows, pick], 3, 0))
@@ -197,9 +199,9 @@ def expected_votes(cls: np.ndarray, weight: np.ndarray, slots: np.ndarray,
                 step_inc = (step_cls != dummy).astype(np.int32)
                 totals = np.zeros(s * per_draw * n_class, dtype=np.int32)
             top = np.zeros((s, q, len(keys)), dtype=totals.dtype)
-            n_top = np.zeros((s, q, len(keys)), dtype=np.int32)
+            n_top = np.ones((s, q, len(keys)), dtype=np.int32)  # read only once top > 0
             for i in range(k_max):
-                idx = base + step_cls[i]
+                idx = step_idx[i]
                 old = totals[idx]
                 new = old + step_inc[i]
                 totals[idx] = new
@@ -209,7 +211,7 @@ def expected_votes(cls: np.ndarray, weight: np.ndarray, slots: np.ndarray,
                 np.maximum(top, new, out=top)
                 if i + 1 in at:
                     win = (totals[base] == top) & (top > 0)
-                    sums[sel][at[i + 1]] += (win / np.maximum(n_top, 1)).sum(axis=0)
+                    sums[sel][at[i + 1]] += (win / n_top).sum(axis=0)
     out: dict[object, dict[str, np.ndarray]] = {}
     for p, key in enumerate(keys):
         rows_k = [at[k] for k in plans[key][1]]

@@ -5,9 +5,9 @@
     bestofl submit list --address http://HEAD:8265
 
 The job's working_dir is the project root (code, conf/, cluster/), so the entrypoint
-`python -m bestofl.cli <command> ...` runs this checkout's code on the cluster with the
-interpreter first on the head's PATH (or --python). Overrides are checked here first: a wrong key fails
-before anything is uploaded.
+`python -m bestofl.cli <command> ...` runs this checkout's code on the cluster, with the
+interpreter first on the head's PATH (or --python). The command's config is checked here
+first: a wrong key fails before anything is uploaded. docs/cluster.md has the whole story.
 """
 from __future__ import annotations
 

@@ -144,6 +144,12 @@ def test_is_correct_and_grade():
     assert grade("The answer is 18", None) == ("18", None)
 
 
+def test_hostile_input_reads_as_no_answer():
+    assert extract_answer("The answer is " + "9" * 5000) is None  # int() refuses 4,300+ digits
+    assert normalize_number("1" * 5000) is None
+    assert extract_answer("\\boxed{" * 1000 + "7") == "7"  # unclosed boxes, then the last number
+
+
 def test_model_response_cuts_out_the_models_turn():
     transcript = ("<|im_start|>system\nAnswer in English.<|im_end|>\n<|im_start|>user\n"
                   "What is 16 - 7? Write it as \\boxed{99} style.<|im_end|>\n"

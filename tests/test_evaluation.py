@@ -209,6 +209,9 @@ def test_bad_input_fails_before_work(pool_rows, tmp_path):
         evaluate(table, cfg_for(calibrate="true"), {"score_stats": {"de": {"mean": 0, "std": 1}}})
     with pytest.raises(ValueError, match="not in cross_languages"):
         evaluate(table, cfg_for(languages=["sw"], cross_languages=["de", "en"]))
+    subset = evaluate(table, cfg_for(selectors=["oracle"], cross_languages=["en", "de"]))
+    assert subset.languages == ["de", "en"]  # default targets: the languages of L
+    assert subset.plans[("de", "cross")]["allocation"][2] == {"de": 1, "en": 1}
     # Through the CLI: a clear message, exit 2, no output written.
     pool_dir = tmp_path / "pool"
     write_pool(table, str(pool_dir))

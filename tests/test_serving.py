@@ -145,7 +145,11 @@ def serve_url(ray_cluster):
     from ray import serve
 
     port = _free_port()
-    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port})
+    # A loaded 2-core box can start the proxy slower than Serve's 5 s readiness check allows.
+    slow_checks = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+                   "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
+    serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
+                controller_options={"runtime_env": {"env_vars": slow_checks}})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # other modules' Ray use must not see our apps
 

@@ -48,9 +48,10 @@ class ScalarRM(torch.nn.Module):
 
 
 def deepspeed_config(zero_stage: int, bf16: bool, offload_optimizer: bool, batch_size: int,
-                     grad_accum: int, world_size: int, max_grad_norm: float, lr: float,
+                     grad_accum: int, max_grad_norm: float, lr: float,
                      weight_decay: float) -> dict[str, Any]:
-    """The DeepSpeed JSON config for one run (ZeRO stage, precision, batch geometry)."""
+    """The DeepSpeed JSON config for one run (ZeRO stage, precision, batch geometry; the
+    global batch follows from the world size DeepSpeed finds)."""
     zero: dict[str, Any] = {"stage": zero_stage, "contiguous_gradients": True,
                             "overlap_comm": False}
     if zero_stage == 3:
@@ -60,7 +61,6 @@ def deepspeed_config(zero_stage: int, bf16: bool, offload_optimizer: bool, batch
     config: dict[str, Any] = {
         "train_micro_batch_size_per_gpu": batch_size,
         "gradient_accumulation_steps": grad_accum,
-        "train_batch_size": batch_size * grad_accum * world_size,
         "gradient_clipping": max_grad_norm,
         "zero_optimization": zero,
         "bf16": {"enabled": bf16},
@@ -170,12 +170,14 @@ def train_loop(config: dict[str, Any]) -> None:
     # DeepSpeed JIT-compiles a shared-memory all-reduce (g++, minutes, GBs) for every CPU
     # process group; training does not need it, gloo does the job.
     deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Ray Train already set up torch.distributed (gloo or NCCL): DeepSpeed reuses it.
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
     torch.manual_seed(cfg["seed"])
 
     ds = cfg["deepspeed"]
     ds_config = deepspeed_config(ds["zero_stage"], ds["bf16"], ds["offload_optimizer"],
-                                 cfg["batch_size"], cfg["grad_accum"], world,
-                                 cfg["max_grad_norm"], cfg["lr"], cfg["weight_decay"])
+                                 cfg["batch_size"], cfg["grad_accum"], cfg["max_grad_norm"],
+                                 cfg["lr"], cfg["weight_decay"])
     if ds["zero_stage"] == 3:
         # Alive while the model loads: transformers then builds it already partitioned.
         from transformers.integrations import HfDeepSpeedConfig

@@ -1,0 +1,271 @@
+"""cluster/: KubeRay manifests, the Ray cluster launcher YAML, runtime_env and Dockerfile.
+
+Pod templates are validated against the Kubernetes JSON schemas (kubernetes-validate);
+KubeRay's own fields are checked against its v1 API types (required fields, no unknown
+keys); the launcher YAML goes through Ray's own config validation. Beyond shape: every
+entrypoint parses as a bestofl command, worker groups are sized for what the command asks,
+the RayService runs the Serve config `bestofl serve` runs, and every Ray version and image
+tag matches pyproject.toml.
+"""
+from __future__ import annotations
+
+import copy
+import re
+import shlex
+import sys
+import tomllib
+from pathlib import Path
+
+import pytest
+import yaml
+from packaging.requirements import Requirement
+
+from bestofl import submit
+from bestofl.config import parse_command_line
+
+ROOT = Path(__file__).resolve().parents[1]
+CLUSTER = ROOT / "cluster"
+PYPROJECT = tomllib.loads((ROOT / "pyproject.toml").read_text())
+
+
+def _pin(name: str) -> str:
+    for spec in PYPROJECT["project"]["dependencies"]:
+        req = Requirement(spec)
+        if req.name == name:
+            (s,) = req.specifier
+            assert s.operator == "==", f"{name} must be pinned in pyproject.toml"
+            return s.version
+    raise AssertionError(f"{name} not in pyproject.toml")
+
+
+RAY_VERSION = _pin("ray")
+PY_TAG = f"py{sys.version_info.major}{sys.version_info.minor}"  # the project's Python (3.11)
+RAY_IMAGE = f"rayproject/ray:{RAY_VERSION}-{PY_TAG}-gpu"
+PROJECT_IMAGE = re.compile(rf"(.+/)?bestofl:{re.escape(PYPROJECT['project']['version'])}"
+                           rf"-ray{re.escape(RAY_VERSION)}-{PY_TAG}-gpu")
+
+KUBERAY = {"rayjob-sample.yaml": "RayJob", "rayjob-train-rm.yaml": "RayJob",
+           "rayservice-selector.yaml": "RayService", "raycluster.yaml": "RayCluster"}
+# KubeRay v1 API fields (ray-operator/apis/ray/v1): required, and all that are known.
+FIELDS = {
+    "RayJob": ({"entrypoint", "rayClusterSpec"}, {
+        "entrypoint", "rayClusterSpec", "runtimeEnvYAML", "metadata", "jobId", "submissionMode",
+        "entrypointResources", "entrypointNumCpus", "entrypointNumGpus", "clusterSelector",
+        "shutdownAfterJobFinishes", "ttlSecondsAfterFinished", "activeDeadlineSeconds",
+        "backoffLimit", "submitterPodTemplate", "submitterConfig", "suspend", "managedBy",
+        "deletionStrategy"}),
+    "RayService": ({"serveConfigV2", "rayClusterConfig"}, {
+        "serveConfigV2", "rayClusterConfig", "serveService", "upgradeStrategy",
+        "excludeHeadPodFromServeSvc", "serviceUnhealthySecondThreshold",
+        "deploymentUnhealthySecondThreshold"}),
+    "RayClusterSpec": ({"headGroupSpec"}, {
+        "headGroupSpec", "workerGroupSpecs", "rayVersion", "enableInTreeAutoscaling",
+        "autoscalerOptions", "headServiceAnnotations", "suspend", "gcsFaultToleranceOptions",
+        "managedBy"}),
+    "HeadGroupSpec": ({"template"}, {
+        "template", "rayStartParams", "serviceType", "headService", "enableIngress"}),
+    "WorkerGroupSpec": ({"groupName", "template", "minReplicas", "maxReplicas"}, {
+        "groupName", "template", "replicas", "minReplicas", "maxReplicas", "numOfHosts",
+        "rayStartParams", "scaleStrategy", "idleTimeoutSeconds", "suspend"}),
+}
+
+
+def _load(name: str) -> dict:
+    return yaml.safe_load((CLUSTER / name).read_text())
+
+
+def _check_fields(obj: dict, kind: str) -> None:
+    required, known = FIELDS[kind]
+    assert required <= set(obj), f"{kind} lacks {sorted(required - set(obj))}"
+    assert set(obj) <= known, f"{kind} has unknown fields {sorted(set(obj) - known)}"
+
+
+def _cluster_spec(doc: dict) -> dict:
+    spec = doc["spec"]
+    return {"RayJob": lambda: spec["rayClusterSpec"], "RayService": lambda: spec["rayClusterConfig"],
+            "RayCluster": lambda: spec}[doc["kind"]]()
+
+
+def _groups(cluster: dict) -> list[dict]:
+    return [cluster["headGroupSpec"], *cluster.get("workerGroupSpecs", [])]
+
+
+def _containers(template: dict) -> list[dict]:
+    return template["spec"]["containers"] + template["spec"].get("initContainers", [])
+
+
+def _quantity(value: str | int) -> float:
+    value = str(value)
+    return float(value[:-1]) / 1000 if value.endswith("m") else float(value)
+
+
+def _capacity(group: dict, resource: str) -> float:
+    """What one worker group offers Ray: replicas x the Ray container's limit."""
+    limits = group["template"]["spec"]["containers"][0]["resources"]["limits"]
+    return group.get("replicas", group["minReplicas"]) * _quantity(limits.get(resource, 0))
+
+
+def _job_config(doc: dict):
+    """The RayJob's entrypoint, parsed and validated as the bestofl command it runs."""
+    argv = shlex.split(doc["spec"]["entrypoint"])
+    assert argv[:3] == ["python", "-m", "bestofl.cli"], argv
+    command, args = argv[3], argv[4:]
+    if "--config" in args:
+        assert (ROOT / args[args.index("--config") + 1]).is_file()  # shipped in the working_dir
+    return command, parse_command_line(command.replace("-", "_"), args)
+
+
+# ------------------------------------------------------------------ KubeRay
+@pytest.mark.parametrize("name", KUBERAY)
+def test_kuberay_manifest(name):
+    import kubernetes_validate
+
+    doc = _load(name)
+    assert doc["apiVersion"] == "ray.io/v1" and doc["kind"] == KUBERAY[name]
+    assert re.fullmatch(r"[a-z0-9]([-a-z0-9]*[a-z0-9])?", doc["metadata"]["name"])
+    if doc["kind"] != "RayCluster":
+        _check_fields(doc["spec"], doc["kind"])
+    cluster = _cluster_spec(doc)
+    _check_fields(cluster, "RayClusterSpec")
+    assert cluster["rayVersion"] == RAY_VERSION
+    _check_fields(cluster["headGroupSpec"], "HeadGroupSpec")
+    names = [g["groupName"] for g in cluster.get("workerGroupSpecs", [])]
+    assert len(names) == len(set(names))
+    for group in cluster.get("workerGroupSpecs", []):
+        _check_fields(group, "WorkerGroupSpec")
+        assert group["minReplicas"] <= group.get("replicas", group["minReplicas"]) <= group["maxReplicas"]
+    for group in _groups(cluster):
+        # KubeRay's rayStartParams is map[string]string: a bare number or bool is rejected.
+        assert all(isinstance(v, str) for v in group.get("rayStartParams", {}).values())
+        template = group["template"]
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": "t"}, "template": template},
+                                     "1.30.0", strict=True)
+        for c in _containers(template):
+            assert c["image"] == RAY_IMAGE or PROJECT_IMAGE.fullmatch(c["image"]), c["image"]
+            res = c.get("resources", {})
+            if "nvidia.com/gpu" in res.get("limits", {}):  # extended resources: requests == limits
+                assert res["requests"]["nvidia.com/gpu"] == res["limits"]["nvidia.com/gpu"]
+    head = cluster["headGroupSpec"]["template"]["spec"]["containers"][0]
+    assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}  # GCS, dashboard / Jobs API
+
+
+def test_pod_template_validation_catches_mistakes():
+    import jsonschema
+    import kubernetes_validate
+
+    template = copy.deepcopy(_load("raycluster.yaml")["spec"]["headGroupSpec"]["template"])
+    template["spec"]["containers"][0]["resource"] = template["spec"]["containers"][0].pop("resources")
+    with pytest.raises(jsonschema.ValidationError, match="resource"):
+        kubernetes_validate.validate({"apiVersion": "v1", "kind": "PodTemplate",
+                                      "metadata": {"name": "t"}, "template": template}, "1.30.0", strict=True)
+    group = copy.deepcopy(_load("raycluster.yaml")["spec"]["workerGroupSpecs"][0])
+    group["maxReplica"] = group.pop("maxReplicas")
+    with pytest.raises(AssertionError, match="maxReplica"):
+        _check_fields(group, "WorkerGroupSpec")
+
+
+@pytest.mark.parametrize("name", ["rayjob-sample.yaml", "rayjob-train-rm.yaml"])
+def test_rayjob_runtime_env_is_submits(name):
+    """The same runtime_env `bestofl submit --extra gpu` builds, with the code as a zip URI."""
+    from ray.runtime_env import RuntimeEnv
+
+    renv = yaml.safe_load(_load(name)["spec"]["runtimeEnvYAML"])
+    RuntimeEnv(**renv)  # Ray's own checks (URI kinds, pip, env var types)
+    assert re.fullmatch(r"(s3|gs|https)://.+\.zip", renv["working_dir"])
+    assert renv["env_vars"] == yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())["env_vars"]
+    norm = lambda reqs: sorted(str(Requirement(r)) for r in reqs)  # noqa: E731
+    assert norm(renv["pip"]) == norm(submit.requirements("gpu"))
+
+
+def test_rayjob_sample_sized_by_its_config():
+    doc = _load("rayjob-sample.yaml")
+    command, cfg = _job_config(doc)
+    assert command == "sample"
+    workers = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    gpus = sum(_capacity(g, "nvidia.com/gpu") for g in workers)
+    # One GPU per vLLM actor (one tensor-parallel group each), no idle GPU.
+    assert cfg.actors.num_gpus == cfg.engine.tensor_parallel_size == 1
+    assert gpus == cfg.actors.num_actors * cfg.actors.num_gpus
+    assert all(_capacity(g, "nvidia.com/gpu") == g["replicas"] for g in workers)  # one GPU per pod
+    assert sum(_capacity(g, "cpu") for g in workers) >= cfg.actors.num_actors * cfg.actors.num_cpus
+    assert cfg.engine.kv_cache_memory_bytes is None  # GPUs size the KV cache by memory share
+    for uri in (cfg.questions, cfg.output):  # pods share no disk: shared storage only
+        assert re.match(r"(s3|gs)://", uri), uri
+
+
+def test_rayjob_train_is_multi_node_and_checkpoints_to_shared_storage():
+    doc = _load("rayjob-train-rm.yaml")
+    command, cfg = _job_config(doc)
+    assert command == "train-rm"
+    workers = doc["spec"]["rayClusterSpec"]["workerGroupSpecs"]
+    assert cfg.use_gpu and cfg.deepspeed.bf16
+    assert sum(_capacity(g, "nvidia.com/gpu") for g in workers) == cfg.num_workers
+    assert sum(g["replicas"] for g in workers) >= 2  # several nodes: NCCL across pods
+    assert sum(_capacity(g, "cpu") for g in workers) >= cfg.num_workers * cfg.cpus_per_worker
+    assert cfg.cv >= 2  # out-of-fold scores for evaluate
+    for uri in (*cfg.input, cfg.output, cfg.storage_path):
+        assert re.match(r"(s3|gs)://", uri), uri
+
+
+# ------------------------------------------------------------------ RayService
+def test_rayservice_runs_the_serve_config():
+    from ray.serve.schema import ServeDeploySchema
+
+    from bestofl.serving import config_from_args
+
+    serve_file = CLUSTER / "serve-config.yaml"
+    assert serve_file.is_file(), "cluster/serve-config.yaml (the `bestofl serve` Serve config) is missing"
+    expected = yaml.safe_load(serve_file.read_text())
+    doc = _load("rayservice-selector.yaml")
+    actual = yaml.safe_load(doc["spec"]["serveConfigV2"])
+    ServeDeploySchema.model_validate(actual)  # what Ray accepts from KubeRay
+    assert actual["applications"] == expected["applications"]
+    # The one Kubernetes difference: proxies listen on all interfaces for the Service.
+    assert actual["http_options"]["host"] == "0.0.0.0"
+    actual["http_options"]["host"] = expected["http_options"]["host"]
+    assert actual == expected
+
+    cluster = doc["spec"]["rayClusterConfig"]
+    (app,) = actual["applications"]
+    cfg = config_from_args(app["args"])  # the args are a valid `bestofl serve` config
+    workers = cluster["workerGroupSpecs"]
+    assert sum(g["maxReplicas"] * _quantity(g["template"]["spec"]["containers"][0]["resources"]["limits"]
+               .get("nvidia.com/gpu", 0)) for g in workers) >= cfg.scorer_replicas * cfg.scorer_num_gpus
+    assert (cfg.scorer_num_gpus > 0) == any(_capacity(g, "nvidia.com/gpu") > 0 for g in workers)
+    for group in _groups(cluster):
+        spec = group["template"]["spec"]
+        ray_container = spec["containers"][0]
+        mounts = [m["mountPath"] for m in ray_container.get("volumeMounts", [])]
+        assert any(app["args"]["model"].startswith(m + "/") for m in mounts)  # the RM is in every pod
+        if "BESTOFL_TOKEN" in str(app["args"].get("token")):
+            assert "BESTOFL_TOKEN" in {e["name"] for e in ray_container.get("env", [])}
+
+
+# ------------------------------------------------------------------ VMs, image, runtime_env
+def test_cluster_launcher_config():
+    import jsonschema
+    from ray.autoscaler._private.util import prepare_config, validate_config
+
+    config = yaml.safe_load((CLUSTER / "cluster-launcher.yaml").read_text())
+    validate_config(prepare_config(copy.deepcopy(config)))  # what `ray up` runs first
+    assert config["docker"]["image"] == RAY_IMAGE
+    assert any(re.search(r"pip install .*-e .*bestofl\[gpu\]", c) for c in config["setup_commands"])
+    assert any(f"torch=={_pin('torch')}" in c for c in config["setup_commands"])
+    assert "." in config["file_mounts"].values()  # this checkout goes to every node
+    bad = copy.deepcopy(config)
+    bad["setup_command"] = bad.pop("setup_commands")
+    with pytest.raises(jsonschema.ValidationError):
+        validate_config(prepare_config(bad))
+
+
+def test_dockerfile_and_runtime_env():
+    from ray.runtime_env import RuntimeEnv
+
+    dockerfile = (CLUSTER / "Dockerfile").read_text()
+    assert re.search(rf"^FROM {re.escape(RAY_IMAGE)}$", dockerfile, re.M)
+    assert f"torch=={_pin('torch')}" in dockerfile and '-e ".[gpu]"' in dockerfile
+    renv = yaml.safe_load((CLUSTER / "runtime_env.yaml").read_text())
+    RuntimeEnv(**renv)
+    assert {".venv/", ".git/", "runs/", ".cache/"} <= set(renv["excludes"])
+    assert renv["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
