@@ -58,7 +58,8 @@ def synthetic_pool(questions: int, languages: int, samples: int, seed: int):
 
 def config(pool: str, output: str, max_budget: int, bootstrap: int, monte_carlo: int):
     return load_config("evaluate", None, [
-        f"input={pool}", f"output={output}", f"budgets=[{','.join(map(str, range(1, max_budget + 1)))}]",
+        f"input={pool}", f"output={output}",
+        f"budgets=[{','.join(map(str, range(1, max_budget + 1)))}]",
         f"bootstrap={bootstrap}", f"monte_carlo={monte_carlo}", "score_provenance=cross_fit",
         "overwrite=true"])
 
@@ -87,8 +88,10 @@ def loop_evaluate(table, langs, budgets, draws: int, resamples: int, seed: int) 
                     for q in range(len(arrays.qids)):
                         total = 0.0
                         for _ in range(draws):
-                            drawn = [p for li, c in shares.items() for p in rng.sample(items[(q, li)], c)]
-                            total += draw_value(sel, arrays.cls[q, drawn], drawn, arrays.weight[q, drawn])
+                            drawn = [p for li, c in shares.items()
+                                     for p in rng.sample(items[(q, li)], c)]
+                            total += draw_value(sel, arrays.cls[q, drawn], drawn,
+                                                arrays.weight[q, drawn])
                         per_q.append(total / draws)
                     means = sorted(sum(rng.choice(per_q) for _ in per_q) / len(per_q)
                                    for _ in range(resamples))
@@ -108,7 +111,8 @@ def main() -> int:
     parser.add_argument("--small-questions", type=int, default=20)
     parser.add_argument("--small-languages", type=int, default=4)
     parser.add_argument("--small-samples", type=int, default=8)
-    parser.add_argument("--small-draws", type=int, default=100, help="Monte Carlo draws, both sides")
+    parser.add_argument("--small-draws", type=int, default=100,
+                        help="Monte Carlo draws on the small pool, both sides")
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args()
 
@@ -131,7 +135,8 @@ def main() -> int:
     t0 = time.perf_counter()
     loop = loop_evaluate(small, small_langs, budgets, args.small_draws, args.bootstrap, args.seed)
     loop_s = time.perf_counter() - t0
-    got = {(r["target_lang"], r["pool"], r["selector"], r["budget"]): r["accuracy"] for r in ev.results}
+    got = {(r["target_lang"], r["pool"], r["selector"], r["budget"]): r["accuracy"]
+           for r in ev.results}
     gap = max(abs(got[key] - acc) for key, (acc, _, _) in loop.items())
 
     load = os.getloadavg()[0]

@@ -42,7 +42,8 @@ def sample_config(args: argparse.Namespace, model: str, questions: str, output: 
         f"questions={questions}", f"model={model}", f"output={output}",
         f"languages=[{args.languages}]", f"n={args.n}", f"limit={limit if limit else 'null'}",
         f"sampling.max_tokens={max_tokens}", f"engine.max_model_len={args.max_model_len}",
-        f"actors.batch_size={args.batch_size}", f"group_samples={str(args.group).lower()}", *extra])
+        f"actors.batch_size={args.batch_size}", f"group_samples={str(args.group).lower()}",
+        "actors.env_vars={VLLM_ENABLE_V1_MULTIPROCESSING: '%d'}" % (1 - args.in_process), *extra])
 
 
 def plain_vllm(cfg) -> dict:
@@ -132,10 +133,13 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=16, help="work items per actor call")
     p.add_argument("--group", type=int, default=1, help="1: n=N per request, 0: N seeded requests")
+    p.add_argument("--in-process", type=int, default=1,
+                   help="1: engine core inside the actor/process (VLLM_ENABLE_V1_MULTIPROCESSING=0), both sides")
     p.add_argument("--memory-questions", type=int, default=200, help="1x size of the RSS check (10x also runs)")
     p.add_argument("--skip-memory", action="store_true")
     args = p.parse_args()
     args.group = bool(args.group)
+    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if args.in_process else "1"  # plain side
 
     model = args.model
     if model == "smollm2":
@@ -159,7 +163,7 @@ def main() -> None:
             ("bestofl sample, 1 actor (Ray + engine start)", summary["new_samples"],
              summary["generated_tokens"], pipe_s, pipe_tok_s)]
     print(f"\nmodel {model}, {args.questions} questions x [{args.languages}] x n={args.n}, "
-          f"max_tokens {args.max_tokens}, group_samples={args.group}")
+          f"max_tokens {args.max_tokens}, group_samples={args.group}, in-process engine={bool(args.in_process)}")
     print(f"{'side':<46} {'samples':>8} {'tokens':>8} {'seconds':>8} {'tok/s':>8}")
     for name, samples, tokens, secs, rate in rows:
         print(f"{name:<46} {samples:>8} {tokens:>8} {secs:>8.1f} {rate:>8.1f}")

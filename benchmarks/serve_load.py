@@ -68,7 +68,7 @@ def plain_server(model: str, port: int, max_length: int) -> None:
     from fastapi import FastAPI
 
     from bestofl.reward.model import load_reward_model, score
-    from bestofl.serving import SelectRequest
+    from bestofl.serving import SelectRequest, extract_answers, select
 
     rm, tokenizer = load_reward_model(model)
     app = FastAPI()
@@ -78,30 +78,39 @@ def plain_server(model: str, port: int, max_length: int) -> None:
         return {"status": "ok"}
 
     @app.post("/select")
-    def select(req: SelectRequest) -> dict:  # sync: FastAPI runs it in its thread pool
+    def select_(req: SelectRequest) -> dict:  # sync: FastAPI runs it in its thread pool
         texts = [c.text for c in req.candidates]
         scores = score(rm, tokenizer, [req.question] * len(texts), texts, max_length=max_length,
                        batch_size=len(texts))
-        best = max(range(len(scores)), key=scores.__getitem__)
-        return {"best": best, "answer": None, "scores": scores}
+        answers = extract_answers(texts, [c.lang for c in req.candidates])
+        best = select("rm_best", answers, scores)
+        return {"best": best, "answer": answers[best], "scores": scores}
 
     uvicorn.run(app, host="127.0.0.1", port=port, log_level="warning")
 
 
 # ---------------------------------------------------------------- load
 async def load(url: str, payloads: list[dict], clients: int, duration: float,
-               at: float | None = None, action=None) -> list[tuple[float, float, bool]]:
-    """`clients` concurrent loops posting for `duration` s; (start, end, ok) per request.
-    `action` runs (in a thread) `at` seconds in."""
+               at: float | None = None, action=None) -> tuple[list[tuple[float, float, bool]], float | None]:
+    """`clients` concurrent loops posting for `duration` s: (start, end, ok) per request.
+
+    `action` (returning its perf_counter time) runs in a thread `at` s in; the load then
+    goes on, up to 5 more minutes, until a request sent after it has succeeded."""
     import aiohttp
 
     records: list[tuple[float, float, bool]] = []
     stop = time.perf_counter() + duration
-    timeout = aiohttp.ClientTimeout(total=120)
+    fired: list[float] = []
+    recovered = False
+
+    def running() -> bool:
+        now = time.perf_counter()
+        return now < stop or (bool(fired) and not recovered and now < stop + 300)
 
     async def client(i: int, session: aiohttp.ClientSession) -> None:
+        nonlocal recovered
         k = i
-        while time.perf_counter() < stop:
+        while running():
             t0 = time.perf_counter()
             try:
                 async with session.post(url, json=payloads[k % len(payloads)]) as r:
@@ -110,22 +119,25 @@ async def load(url: str, payloads: list[dict], clients: int, duration: float,
             except (aiohttp.ClientError, asyncio.TimeoutError):
                 ok = False
             records.append((t0, time.perf_counter(), ok))
+            recovered |= ok and bool(fired) and t0 > fired[0]
             k += clients
 
     async def trigger() -> None:
         await asyncio.sleep(at)
-        await asyncio.to_thread(action)
+        fired.append(await asyncio.to_thread(action))
 
+    timeout = aiohttp.ClientTimeout(total=300)
     async with aiohttp.ClientSession(timeout=timeout,
                                      connector=aiohttp.TCPConnector(limit=clients)) as session:
         tasks = [client(i, session) for i in range(clients)]
         if action is not None:
             tasks.append(trigger())
         await asyncio.gather(*tasks)
-    return records
+    return records, (fired[0] if fired else None)
 
 
-def summary(name: str, records: list[tuple[float, float, bool]], duration: float) -> dict:
+def summary(name: str, records: list[tuple[float, float, bool]]) -> dict:
+    duration = max(e for _, e, _ in records) - min(s for s, _, _ in records)
     lat = sorted(e - s for s, e, ok in records if ok)
     pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
     out = {"phase": name, "requests": len(records), "errors": sum(not ok for *_, ok in records),
@@ -164,7 +176,8 @@ def main() -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", default=None, help="reward-model folder (default: a tiny random RM)")
     p.add_argument("--clients", type=int, default=16)
-    p.add_argument("--duration", type=float, default=60.0, help="seconds per phase")
+    p.add_argument("--duration", type=float, default=60.0,
+                   help="seconds per phase (the fault phase goes on until the service recovers)")
     p.add_argument("--questions", type=int, default=32, help="distinct request bodies")
     p.add_argument("--candidates", type=int, default=4, help="responses per request")
     p.add_argument("--max-chars", type=int, default=4000, help="keep each response's last N chars")
@@ -196,8 +209,8 @@ def main() -> int:
         plain = f"http://127.0.0.1:{args.plain_port}"
         wait_healthy(f"{plain}/healthz", 300)
         asyncio.run(load(f"{plain}/select", payloads, args.clients, 3))  # warm-up
-        records = asyncio.run(load(f"{plain}/select", payloads, args.clients, args.duration))
-        results.append(summary("plain", records, args.duration))
+        records, _ = asyncio.run(load(f"{plain}/select", payloads, args.clients, args.duration))
+        results.append(summary("plain", records))
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -230,24 +243,20 @@ def main() -> int:
         run(cfg, block=False)
         url = f"http://127.0.0.1:{args.port}/select"
         asyncio.run(load(url, payloads, args.clients, 3))  # warm-up
-        records = asyncio.run(load(url, payloads, args.clients, args.duration))
-        results.append(summary("serve", records, args.duration))
+        records, _ = asyncio.run(load(url, payloads, args.clients, args.duration))
+        results.append(summary("serve", records))
         if not args.no_fault:
-            killed = []
-            t0 = time.perf_counter()
-            records = asyncio.run(load(url, payloads, args.clients, args.duration,
-                                       at=args.duration / 3, action=lambda: killed.append(kill_scorer())))
-            results.append(summary("fault", records, args.duration))
-            k = killed[0]
-            after = sorted(e for s, e, ok in records if ok and s >= k)
+            records, k = asyncio.run(load(url, payloads, args.clients, args.duration,
+                                          at=args.duration / 3, action=kill_scorer))
+            results.append(summary("fault", records))
+            after = [e for s, e, ok in records if ok and s > k]
             fault = {
-                "killed_at_s": k - t0,
                 "in_flight_at_kill": sum(s <= k <= e for s, e, _ in records),
                 "failed": sum(not ok for *_, ok in records),
                 "failed_in_flight": sum(not ok and s <= k for s, _, ok in records),
                 "failed_sent_after_kill": sum(not ok and s > k for s, _, ok in records),
-                "recovery_s": (after[0] - k) if after else float("nan"),
-                "max_latency_after_kill_s": max((e - s for s, e, ok in records if e >= k), default=0),
+                "recovery_s": min(after) - k if after else float("nan"),
+                "max_latency_s": max(e - s for s, e, _ in records),
             }
     finally:
         serve.shutdown()

@@ -1,8 +1,9 @@
 """The Best-of-L selector as a Ray Serve application.
 
-Three deployments: `Selector`, the FastAPI ingress (validation, limits, auth, answer
-extraction, the selection policy); `Scorer`, the reward model, which batches
-(question, response) pairs across concurrent requests with `@serve.batch`; and, when a
+Three deployments: `Selector`, the FastAPI ingress (validation, limits, auth, the CPU
+work of tokenizing and answer extraction, the selection policy); `Scorer`, the reward
+model, which batches (question, response) pairs across concurrent requests with
+`@serve.batch` and only runs forward passes; and, when a
 generator is configured, `Generator`, a vLLM engine that samples one question across
 languages for /solve. `build_app(cfg)` binds them; `app_builder(args)` is the import
 path that `serve run` / `serve deploy` / a RayService use (cluster/serve-config.yaml).
@@ -15,6 +16,7 @@ import logging
 import uuid
 from typing import Any, Optional
 
+import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
@@ -23,11 +25,13 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
 from ray.exceptions import RayActorError
 from ray.serve.handle import DeploymentHandle
+from transformers import AutoTokenizer
 
 from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
 from bestofl.languages import get_language, resolve_languages
 from bestofl.prompts import build_messages, render
+from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.selection import vote_weights
 
 logger = logging.getLogger("ray.serve")
@@ -137,23 +141,16 @@ class Scorer:
     forward pass serves pairs from many concurrent requests."""
 
     def __init__(self, cfg: ServeConfig):
-        # Imported here: the ingress shares this module and needs no torch.
-        import torch
-
-        from bestofl.reward.model import load_reward_model
-
-        self.model, self.tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
+        self.model, tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
+        self.pad_id = tokenizer.pad_token_id
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
-        self.max_length = cfg.max_length
         self._forward.set_max_batch_size(cfg.max_batch_size)
         self._forward.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
 
-    async def score(self, questions: list[str], responses: list[str]) -> list[float]:
-        from bestofl.reward.model import encode
-
-        ids = [encode(self.tokenizer, q, r, self.max_length) for q, r in zip(questions, responses)]
-        return list(await asyncio.gather(*(self._forward(x) for x in ids)))
+    async def score(self, batch_ids: list[list[int]]) -> list[float]:
+        """Scores of (question, response) pairs, tokenized by `reward.model.encode`."""
+        return list(await asyncio.gather(*(self._forward(ids) for ids in batch_ids)))
 
     @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # reset from config in __init__
     async def _forward(self, batch: list[list[int]]) -> list[float]:
@@ -161,11 +158,7 @@ class Scorer:
         return await asyncio.to_thread(self._run, batch)
 
     def _run(self, batch: list[list[int]]) -> list[float]:
-        import torch
-
-        from bestofl.reward.model import collate, forward_scores
-
-        input_ids, mask = collate(batch, self.tokenizer.pad_token_id)
+        input_ids, mask = collate(batch, self.pad_id)
         with torch.inference_mode():
             return forward_scores(self.model, input_ids.to(self.device), mask.to(self.device)).tolist()
 
@@ -175,8 +168,7 @@ class Generator:
     """A vLLM engine; concurrent /solve calls share its continuous batching."""
 
     def __init__(self, cfg: ServeConfig):
-        from transformers import AutoTokenizer
-        from vllm import AsyncEngineArgs, AsyncLLMEngine
+        from vllm import AsyncEngineArgs, AsyncLLMEngine  # only generator replicas need vLLM
 
         e = cfg.engine
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
@@ -286,6 +278,9 @@ class Selector:
     def __init__(self, cfg: ServeConfig, scorer: DeploymentHandle,
                  generator: Optional[DeploymentHandle]):
         self.cfg, self.scorer, self.generator = cfg, scorer, generator
+        # Tokenizing here keeps the CPU work where replicas are cheap (and off the GPU nodes).
+        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model,
+                                                       trust_remote_code=cfg.trust_remote_code)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
         # Built per replica from the config (limits and token live in the middleware).
@@ -340,12 +335,16 @@ class Selector:
                     raise HTTPException(503, f"{what} unavailable, try again: "
                                              f"{type(e).__name__}") from None
 
+    def _read(self, questions: list[str], texts: list[str], langs: list[str]
+              ) -> tuple[list[list[int]], list[Optional[str]]]:
+        ids = [encode(self.tokenizer, q, t, self.cfg.max_length) for q, t in zip(questions, texts)]
+        return ids, extract_answers(texts, langs)
+
     async def _choose(self, questions: list[str], texts: list[str], langs: list[str]) -> dict:
-        # Answers are read in a thread while the scorer works: long texts take a while and
-        # must not stall the event loop that serves every other request.
-        scores, answers = await asyncio.gather(
-            self._call("reward model", self.scorer.score, questions, texts),
-            asyncio.to_thread(extract_answers, texts, langs))
+        # In a thread: long texts take a while and must not stall the event loop that
+        # serves every other request.
+        ids, answers = await asyncio.to_thread(self._read, questions, texts, langs)
+        scores = await self._call("reward model", self.scorer.score, ids)
         best = select(self.cfg.selector, answers, scores)
         return {"best": best, "answer": answers[best], "scores": scores}
 

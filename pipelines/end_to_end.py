@@ -46,11 +46,11 @@ def run(cfg: DemoConfig) -> dict[str, str]:
     train_cfg = _stage("train_rm", out["rm"], train_rm,
                        [f"input=[{out['pool']}]", f"model={reward_model}", f"output={out['rm']}"],
                        cfg.train_rm)
-    # Cross-fitting writes the pool with out-of-fold scores: no question scored by a
-    # model that trained on it.
-    scored = storage.join(out["rm"], "pool") if train_cfg.cv else out["pool"]
-    _stage("evaluate", out["report"], evaluate,
-           [f"input={scored}", f"output={out['report']}", f"rm_stats={out['rm']}"], cfg.evaluate)
+    # Cross-fitting writes the pool with out-of-fold scores: no question is scored by a
+    # model that trained on it. Without it, evaluate sees the unscored pool.
+    scored = [f"input={storage.join(out['rm'], 'pool')}", "score_provenance=cross_fit",
+              f"rm_stats={out['rm']}"] if train_cfg.cv else [f"input={out['pool']}"]
+    _stage("evaluate", out["report"], evaluate, [*scored, f"output={out['report']}"], cfg.evaluate)
 
     print(f"\n[demo] finished in {time.time() - start:.0f} s. Report: "
           f"{storage.join(out['report'], 'report.md')}")

@@ -5,7 +5,8 @@
         -> write_parquet(output, partitioned by response_lang)
 
 Resumable: rerunning into an unfinished output scores only the rows it lacks (by row
-identity). Rows with `error` set or an empty response get score null.
+identity). Rows with `error` set or an empty response get score null; a score the input
+already had is replaced.
 """
 from __future__ import annotations
 
@@ -16,6 +17,7 @@ import sys
 import time
 from typing import Any, Sequence
 
+import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
 from omegaconf import OmegaConf
@@ -68,6 +70,9 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         dropped = scoring.drop_partial_files(cfg.output)
     storage.save_config(cfg.output, cfg)
     done = scoring.identity_keys(scoring.read_columns(cfg.output, pool.IDENTITY))
+    if len(done) and not pc.all(pc.is_in(done, value_set=scoring.identity_keys(source))).as_py():
+        raise pool.PoolError(f"{cfg.output} holds rows that are not in {cfg.input}: "
+                             "remove it or choose another output")
     todo = source.num_rows - len(done)
     print(f"bestofl score: {source.num_rows} rows in {cfg.input}; {len(done)} already scored "
           f"in {cfg.output}; scoring {todo} with {cfg.actors.num_actors} actor(s)"
@@ -88,7 +93,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
                             batch_format="pyarrow", fn_kwargs={"done": done if len(done) else None})
         ds = ds.map_batches(
             scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
-            concurrency=cfg.actors.num_actors, num_cpus=cfg.actors.num_cpus,
+            compute=ray.data.ActorPoolStrategy(size=cfg.actors.num_actors),
+            num_cpus=cfg.actors.num_cpus,
             num_gpus=cfg.actors.num_gpus if use_gpu else None,
             fn_constructor_kwargs=dict(
                 model=cfg.model, dtype=cfg.dtype, max_length=cfg.max_length,

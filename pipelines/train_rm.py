@@ -43,9 +43,12 @@ SAME_JOB_KEYS = ("input", "model", "cv", "objective", "pair_scope", "max_pairs_p
 FAULT_ENV = "BESTOFL_FAULT_AFTER_STEP"  # tests: make every worker fail after that step
 
 
-def _local(uri: str) -> str:
-    # Workers on other nodes run in other folders: hand them absolute paths.
-    return uri if "://" in uri else os.path.abspath(uri)
+def _local(uri: str, must_exist: bool = False) -> str:
+    """Absolute local paths for workers (they run in other folders); URIs and hub ids
+    (a model path that is not on disk) stay as given."""
+    if "://" in uri or (must_exist and not os.path.exists(uri)):
+        return uri
+    return os.path.abspath(uri)
 
 
 def _check_same_job(cfg: TrainRMConfig) -> None:
@@ -120,7 +123,8 @@ def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: 
 
 
 def run(cfg: TrainRMConfig) -> dict[str, Any]:
-    cfg = dataclasses.replace(cfg, input=[_local(p) for p in cfg.input], model=_local(cfg.model),
+    cfg = dataclasses.replace(cfg, input=[_local(p) for p in cfg.input],
+                              model=_local(cfg.model, must_exist=True),
                               output=_local(cfg.output),
                               storage_path=_local(cfg.storage_path) if cfg.storage_path else None)
     table = data.load_pools(cfg.input)

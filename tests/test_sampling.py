@@ -4,7 +4,8 @@ Engine starts dominate (tens of seconds each), so three pipeline runs carry ever
   parallel: a run that crashes after two batches are written, then its resumed rerun;
   forcing:  two actors pinned to the two simulated worker nodes, one killed mid-run.
 The parallel and forcing runs share their (qid, en, en) work items: same seeds, so their
-rows must match exactly (determinism across runs, batching, modes and a restarted actor).
+rows must match exactly (determinism across runs, batching, modes, a restarted actor, and
+n=N-in-one-request (parallel) against N seeded requests (forcing)).
 """
 from __future__ import annotations
 
@@ -238,7 +239,8 @@ def forcing_killed(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
 
     out = tmp_path_factory.mktemp("forcing") / "pool"
     run, cfg = _run_cfg(questions_file, tiny_lm, out, "mode=forcing", "question_lang=en", "n=4",
-                        "actors.num_actors=2", "actors.batch_size=1", "actors.resources={sim_node: 1}")
+                        "actors.num_actors=2", "actors.batch_size=1", "actors.resources={sim_node: 1}",
+                        "group_samples=false")  # vs n=N requests in the parallel run
     seen: dict = {}
     stop = threading.Event()
 

@@ -158,6 +158,10 @@ def test_partial_output_of_another_job_is_refused(source, tiny_rm, tmp_path):
     storage.save_config(str(output), _cfg(source[0], tiny_rm, output, "max_length=64"))
     with pytest.raises(ValueError, match="different max_length"):
         run(_cfg(source[0], tiny_rm, output))
+    stranger = tmp_path / "stranger"  # rows the input does not hold: not a partial of it
+    pool.write_pool(pool.to_table([dict(source[1][0], qid="elsewhere")]), str(stranger))
+    with pytest.raises(pool.PoolError, match="not in"):
+        run(_cfg(source[0], tiny_rm, stranger))
 
 
 def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
