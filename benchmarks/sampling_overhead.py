@@ -2,8 +2,9 @@
 
     .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2|PATH] [--questions 24] ...
 
-1. plain: import vllm, build the engine, generate every prompt in one call (same prompts,
-   seeds and sampling parameters as the pipeline); wall time includes the engine start.
+1. plain (own process): import vllm, build the engine, generate every prompt in one call
+   (same prompts, seeds and sampling parameters as the pipeline); wall time includes the
+   engine start.
    The same engine then times n=N in one request against N seeded requests (generation
    only, prefix cache reset between them) and checks both give identical tokens.
 2. pipeline: pipelines.sample.run with one actor, wall time from the call (Ray start,
@@ -15,10 +16,8 @@ Last line: sampling_overhead_ratio: pipeline tokens/s / plain vLLM tokens/s.
 from __future__ import annotations
 
 import argparse
-import gc
 import json
 import os
-import resource
 import subprocess
 import sys
 import tempfile
@@ -46,7 +45,7 @@ def sample_config(args: argparse.Namespace, model: str, questions: str, output: 
         "actors.env_vars={VLLM_ENABLE_V1_MULTIPROCESSING: '%d'}" % (1 - args.in_process), *extra])
 
 
-def plain_vllm(cfg) -> dict:
+def plain_vllm(cfg, compare_items: int) -> dict:
     """Every prompt through one LLM.generate call, as the pipeline would draw them."""
     start = time.perf_counter()
     from vllm import LLM, SamplingParams
@@ -61,6 +60,7 @@ def plain_vllm(cfg) -> dict:
     items = sampling.work_items(questions, cfg.mode, resolve_languages(cfg.languages),
                                 cfg.question_lang, cfg.n)
     llm = LLM(**sampling.engine_args(cfg))
+    ready = time.perf_counter() - start
     tok = llm.get_tokenizer()
     s = cfg.sampling
 
@@ -77,24 +77,24 @@ def plain_vllm(cfg) -> dict:
                                              top_p=s.top_p, max_tokens=s.max_tokens))
         return prompts, params
 
-    def generate(grouped: bool):
+    def generate(grouped: bool, limit: int | None = None):
         t = time.perf_counter()
-        outs = llm.generate(*requests(grouped), use_tqdm=False)
+        prompts, params = requests(grouped)
+        outs = llm.generate(prompts[:limit], params[:limit], use_tqdm=False)
         tokens = [list(c.token_ids) for o in outs for c in sorted(o.outputs, key=lambda c: c.index)]
         return tokens, time.perf_counter() - t
 
     tokens, _ = generate(cfg.group_samples)
     total = time.perf_counter() - start
     n_tokens = sum(map(len, tokens))
-    result = {"tokens": n_tokens, "seconds": total, "samples": len(tokens)}
+    result = {"tokens": n_tokens, "seconds": total, "samples": len(tokens), "start_s": ready}
+    k = compare_items  # the request-form comparison runs on the first k work items
     llm.reset_prefix_cache()
-    grouped, t_grouped = generate(True)
+    grouped, t_grouped = generate(True, k)
     llm.reset_prefix_cache()
-    single, t_single = generate(False)
+    single, t_single = generate(False, sum(len(it["sample_idxs"]) for it in items[:k]))
     result.update(grouped_tok_s=sum(map(len, grouped)) / t_grouped,
                   single_tok_s=sum(map(len, single)) / t_single, identical=grouped == single)
-    del llm
-    gc.collect()
     return result
 
 
@@ -133,10 +133,13 @@ def main() -> None:
     p.add_argument("--max-model-len", type=int, default=2048)
     p.add_argument("--batch-size", type=int, default=16, help="work items per actor call")
     p.add_argument("--group", type=int, default=1, help="1: n=N per request, 0: N seeded requests")
+    p.add_argument("--compare-items", type=int, default=16,
+                   help="work items for the n=N vs N-seeded-requests comparison")
     p.add_argument("--in-process", type=int, default=1,
                    help="1: engine core inside the actor/process (VLLM_ENABLE_V1_MULTIPROCESSING=0), both sides")
     p.add_argument("--memory-questions", type=int, default=200, help="1x size of the RSS check (10x also runs)")
     p.add_argument("--skip-memory", action="store_true")
+    p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.group = bool(args.group)
     os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if args.in_process else "1"  # plain side
@@ -149,7 +152,17 @@ def main() -> None:
     with tempfile.TemporaryDirectory() as tmp:
         cfg = sample_config(args, model, args.questions_source, f"{tmp}/pool", args.questions,
                             args.max_tokens)
-        plain = plain_vllm(cfg)
+        if args.plain_only:  # the child process of the plain side
+            print("PLAIN", json.dumps(plain_vllm(cfg, args.compare_items)))
+            return
+        # Its own process: vLLM's CPU backend pins the process that runs it to cores, which
+        # would also pin the Ray instance this process starts next.
+        child = subprocess.run([sys.executable, *sys.argv, "--plain-only", "--model", model],
+                               capture_output=True, text=True)
+        line = [l for l in child.stdout.splitlines() if l.startswith("PLAIN ")]
+        if child.returncode or not line:
+            raise RuntimeError(f"plain vLLM run failed:\n{child.stderr[-3000:]}")
+        plain = json.loads(line[0][6:])
 
         from pipelines.sample import run
 
@@ -167,7 +180,10 @@ def main() -> None:
     print(f"{'side':<46} {'samples':>8} {'tokens':>8} {'seconds':>8} {'tok/s':>8}")
     for name, samples, tokens, secs, rate in rows:
         print(f"{name:<46} {samples:>8} {tokens:>8} {secs:>8.1f} {rate:>8.1f}")
-    print(f"\nrequest form (plain engine, generation only): n=N in one request "
+    if summary["first_batch_s"]:
+        print(f"startup: plain engine ready after {plain['start_s']:.1f} s; pipeline's first batch "
+              f"back after {summary['first_batch_s']:.1f} s (Ray, actor, engine start, one batch)")
+    print(f"\nrequest form (plain engine, generation only, {args.compare_items} work items): n=N in one request "
           f"{plain['grouped_tok_s']:.1f} tok/s, N seeded requests {plain['single_tok_s']:.1f} tok/s, "
           f"identical tokens: {plain['identical']}")
     if not args.skip_memory:

@@ -3,11 +3,11 @@
 Both sides score the same rows (real multilingual reasoning traces from
 ../shared/data/xling-traces) with the same reward model, max_length, forward batch size
 and torch threads. The plain side is `bestofl.reward.model.score` in this process on rows
-already in memory, model already loaded. The pipeline side is the whole `score` job after
+already in memory, model already loaded (half the rows before the pipeline run, half after). The pipeline side is the whole `score` job after
 Ray is up: reading the pool, actor start-up and model load, length grouping, scoring,
 writing the partitioned output and verifying it.
 
-    python benchmarks/score_throughput.py [--rows 1500] [--model RM_DIR]
+    python benchmarks/score_throughput.py [--rows 2000] [--model RM_DIR]
 
 Prints a table, then `score_throughput_ratio: <pipeline rows/s / plain rows/s>`.
 """
@@ -53,7 +53,8 @@ def trace_rows(source: Path, n: int) -> list[dict]:
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--rows", type=int, default=1500)
+    ap.add_argument("--rows", type=int, default=2000,
+                    help="enough that fixed start-up (actor imports, model load) is small")
     ap.add_argument("--model", default=None, help="reward-model folder (default: a tiny RM)")
     ap.add_argument("--source", default=str(TRACES), help="an xling-traces model folder")
     ap.add_argument("--max-length", type=int, default=1024)
@@ -79,14 +80,19 @@ def main() -> None:
     pool.write_pool(pool.to_table(rows), str(work / "pool"))
     chars = sum(len(r["prompt"]) + len(r["response"]) for r in rows) / len(rows)
 
-    # Plain: one process, rows in memory, model loaded, same threads.
+    # Plain: one process, rows in memory, model loaded, same threads. Half the rows before
+    # the pipeline and half after, so load drift on a shared machine hits both sides alike.
     torch.set_num_threads(args.threads)
     rm, tokenizer = load_reward_model(model, args.dtype)
-    t0 = time.perf_counter()
-    plain_scores = score(rm, tokenizer, [r["prompt"] for r in rows], [r["response"] for r in rows],
-                         max_length=args.max_length, batch_size=args.forward_batch_size)
-    plain_s = time.perf_counter() - t0
-    del rm
+
+    def plain(part: list[dict]) -> tuple[list[float], float]:
+        t0 = time.perf_counter()
+        values = score(rm, tokenizer, [r["prompt"] for r in part], [r["response"] for r in part],
+                       max_length=args.max_length, batch_size=args.forward_batch_size)
+        return values, time.perf_counter() - t0
+
+    half = len(rows) // 2
+    plain_scores, plain_s = plain(rows[:half])
 
     # Pipeline: Ray start-up excluded (up before the clock), everything else included.
     cfg = load_config("score", None, [
@@ -102,15 +108,19 @@ def main() -> None:
     run(cfg)
     pipe_s = time.perf_counter() - t0
     ray.shutdown()
+    values, after_s = plain(rows[half:])
+    before_s, plain_s, plain_scores = plain_s, plain_s + after_s, plain_scores + values
 
     got = {tuple(r[c] for c in pool.IDENTITY): r["score"]
            for r in pool.read_pool(str(work / "scored")).to_pylist()}
     diff = max(abs(got[tuple(r.get(c) for c in pool.IDENTITY)] - s)
-               for r, s in zip(rows, plain_scores))
+               for r, s in zip(rows, plain_scores) if r["response"].strip())
     plain_rate, pipe_rate = len(rows) / plain_s, len(rows) / pipe_s
     print(f"\nrows {len(rows)}, mean {chars:.0f} chars, max_length {args.max_length}, "
           f"threads {args.threads}, dtype {args.dtype}, model {model}")
     print(f"{'side':<28}{'seconds':>10}{'rows/s':>10}")
+    print(f"{'plain, first half (before)':<28}{before_s:>10.2f}{half / before_s:>10.2f}")
+    print(f"{'plain, second half (after)':<28}{after_s:>10.2f}{(len(rows) - half) / after_s:>10.2f}")
     print(f"{'plain batched forward':<28}{plain_s:>10.2f}{plain_rate:>10.2f}")
     print(f"{'bestofl score (1 actor)':<28}{pipe_s:>10.2f}{pipe_rate:>10.2f}")
     print(f"max |score difference| {diff:.2e}")

@@ -4,16 +4,20 @@ Three phases, the same reward model, request bodies and number of clients:
   plain  a single-process FastAPI scorer under uvicorn, one forward pass per request
          (the usual remote reward-model server), in a subprocess;
   serve  `bestofl serve`'s app (pipelines.serve.run) on a fresh local Ray;
-  fault  the same load again, and the scorer replica is killed (ray.kill) a third of the
-         way in: failed requests (and how many of them were in flight at the kill) and
-         the time until a request sent after the kill succeeds.
-Bodies are real: one MGSM question with s1.1-7B's responses in several languages
+  fault  the same load on serve, and the scorer replica is killed (ray.kill) a third of
+         the way in: failed requests (and how many of them were in flight at the kill)
+         and the time until a request sent after the kill succeeds.
+plain and serve run side by side and are measured in alternating rounds, so a machine
+whose load drifts (a shared box) weighs on both alike.
+Bodies are real: MGSM questions with s1.1-7B's responses in several languages
 (../shared/data/xling-traces), falling back to synthetic text without the data.
 
     python benchmarks/serve_load.py                       # 16 clients, 60 s per phase
-    python benchmarks/serve_load.py --duration 20 --set scorer_num_cpus=2
+    python benchmarks/serve_load.py --duration 30 --threads 1   # a shared, busy box: see below
 
 Prints a table, then `serve_speedup: X` (serve requests/s over plain requests/s).
+On a machine that other jobs oversubscribe, use --threads 1: multi-threaded torch there
+stalls at every parallel region waiting for a descheduled thread.
 """
 # No `from __future__ import annotations`: FastAPI must see the plain server's body type.
 import argparse
@@ -62,14 +66,16 @@ def bodies(n_questions: int, n_candidates: int, max_chars: int) -> list[dict]:
 
 
 # ---------------------------------------------------------------- the plain server
-def plain_server(model: str, port: int, max_length: int) -> None:
+def plain_server(model: str, port: int, max_length: int, threads: int) -> None:
     """One process, one forward pass per request over that request's candidates."""
+    import torch
     import uvicorn
     from fastapi import FastAPI
 
     from bestofl.reward.model import load_reward_model, score
     from bestofl.serving import SelectRequest, extract_answers, select
 
+    torch.set_num_threads(threads)
     rm, tokenizer = load_reward_model(model)
     app = FastAPI()
 
@@ -136,8 +142,10 @@ async def load(url: str, payloads: list[dict], clients: int, duration: float,
     return records, (fired[0] if fired else None)
 
 
-def summary(name: str, records: list[tuple[float, float, bool]]) -> dict:
-    duration = max(e for _, e, _ in records) - min(s for s, _, _ in records)
+def summary(name: str, windows: list[list[tuple[float, float, bool]]]) -> dict:
+    """Requests/s over the measured windows, latency percentiles of the successes."""
+    duration = sum(max(e for _, e, _ in w) - min(s for s, _, _ in w) for w in windows)
+    records = [r for w in windows for r in w]
     lat = sorted(e - s for s, e, ok in records if ok)
     pct = lambda q: 1000 * lat[min(len(lat) - 1, int(q * len(lat)))] if lat else float("nan")
     out = {"phase": name, "requests": len(records), "errors": sum(not ok for *_, ok in records),
@@ -178,19 +186,22 @@ def main() -> int:
     p.add_argument("--clients", type=int, default=16)
     p.add_argument("--duration", type=float, default=60.0,
                    help="seconds per phase (the fault phase goes on until the service recovers)")
+    p.add_argument("--rounds", type=int, default=3, help="alternations of plain and serve")
     p.add_argument("--questions", type=int, default=32, help="distinct request bodies")
     p.add_argument("--candidates", type=int, default=4, help="responses per request")
     p.add_argument("--max-chars", type=int, default=4000, help="keep each response's last N chars")
     p.add_argument("--max-length", type=int, default=512, help="reward-model tokens per pair")
     p.add_argument("--port", type=int, default=18931)
     p.add_argument("--plain-port", type=int, default=18932)
+    p.add_argument("--threads", type=int, default=os.cpu_count(),
+                   help="torch threads of the plain server and of each scorer replica")
     p.add_argument("--no-fault", action="store_true", help="skip the replica-kill phase")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra `bestofl serve` overrides (e.g. scorer_num_cpus=2 max_batch_size=32)")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     if args.plain_server:
-        plain_server(args.model, args.plain_port, args.max_length)
+        plain_server(args.model, args.plain_port, args.max_length, args.threads)
         return 0
 
     tmp = tempfile.TemporaryDirectory()
@@ -199,21 +210,6 @@ def main() -> int:
 
         args.model = str(write_tiny_model(Path(tmp.name) / "rm", kind="rm"))
     payloads = bodies(args.questions, args.candidates, args.max_chars)
-    results = []
-
-    # plain first, alone on the machine (no idle Ray beside it)
-    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
-                             "--plain-port", str(args.plain_port), "--max-length", str(args.max_length)],
-                            start_new_session=True)
-    try:
-        plain = f"http://127.0.0.1:{args.plain_port}"
-        wait_healthy(f"{plain}/healthz", 300)
-        asyncio.run(load(f"{plain}/select", payloads, args.clients, 3))  # warm-up
-        records, _ = asyncio.run(load(f"{plain}/select", payloads, args.clients, args.duration))
-        results.append(summary("plain", records))
-    finally:
-        proc.send_signal(signal.SIGTERM)
-        proc.wait(timeout=60)
 
     import ray
     from ray import serve
@@ -221,6 +217,10 @@ def main() -> int:
     from bestofl.config import load_config
     from pipelines.serve import run
 
+    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
+                             "--plain-port", str(args.plain_port), "--max-length", str(args.max_length),
+                             "--threads", str(args.threads)], start_new_session=True)
+    plain = f"http://127.0.0.1:{args.plain_port}"
     for attempt in range(3):  # a busy machine can miss Ray's 30 s node start-up deadline
         try:
             # address="local": never join another Ray instance this machine happens to run
@@ -232,23 +232,29 @@ def main() -> int:
             ray.shutdown()
     else:
         raise RuntimeError("could not start Ray")
-    fault = {}
+    fault, windows = {}, {"plain": [], "serve": []}
     try:
-        # The scorer gets as many torch threads as the plain server has (all cores).
+        # Ray sets a replica's OMP_NUM_THREADS (torch threads) to its num_cpus.
         cfg = load_config("serve", None, [f"model={args.model}", f"port={args.port}",
                                           f"max_length={args.max_length}",
-                                          f"scorer_num_cpus={os.cpu_count()}", *args.set])
+                                          f"scorer_num_cpus={args.threads}", *args.set])
         serve.start(http_options={"host": cfg.host, "port": cfg.port},
                     controller_options={"runtime_env": {"env_vars": SLOW_PROXY_CHECKS}})
         run(cfg, block=False)
-        url = f"http://127.0.0.1:{args.port}/select"
-        asyncio.run(load(url, payloads, args.clients, 3))  # warm-up
-        records, _ = asyncio.run(load(url, payloads, args.clients, args.duration))
-        results.append(summary("serve", records))
+        urls = {"plain": f"{plain}/select", "serve": f"http://127.0.0.1:{args.port}/select"}
+        wait_healthy(f"{plain}/healthz", 300)
+        for url in urls.values():
+            asyncio.run(load(url, payloads, args.clients, 3))  # warm-up
+        for _ in range(args.rounds):
+            for name, url in urls.items():
+                records, _ = asyncio.run(load(url, payloads, args.clients,
+                                              args.duration / args.rounds))
+                windows[name].append(records)
+        results = [summary(name, w) for name, w in windows.items()]
         if not args.no_fault:
-            records, k = asyncio.run(load(url, payloads, args.clients, args.duration,
+            records, k = asyncio.run(load(urls["serve"], payloads, args.clients, args.duration,
                                           at=args.duration / 3, action=kill_scorer))
-            results.append(summary("fault", records))
+            results.append(summary("fault", [records]))
             after = [e for s, e, ok in records if ok and s > k]
             fault = {
                 "in_flight_at_kill": sum(s <= k <= e for s, e, _ in records),
@@ -259,11 +265,15 @@ def main() -> int:
                 "max_latency_s": max(e - s for s, e, _ in records),
             }
     finally:
+        proc.send_signal(signal.SIGTERM)
+        proc.wait(timeout=60)
         serve.shutdown()
         ray.shutdown()
 
-    print(f"\n{args.clients} clients, {args.duration:.0f} s per phase, {args.candidates} candidates "
-          f"per request, model {args.model}, serve overrides {args.set or 'none'}")
+    print(f"\n{args.clients} clients, {args.duration:.0f} s per phase in {args.rounds} rounds, "
+          f"{args.candidates} candidates "
+          f"per request, {args.threads} torch threads, model {args.model}, "
+          f"serve overrides {args.set or 'none'}")
     print(f"{'phase':<7} {'requests':>9} {'errors':>7} {'req/s':>8} {'p50 ms':>8} {'p99 ms':>8}")
     for r in results:
         print(f"{r['phase']:<7} {r['requests']:>9} {r['errors']:>7} {r['rps']:>8.1f} "

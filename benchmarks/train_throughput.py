@@ -11,7 +11,7 @@ first --warmup steps). Peak memory per worker (RSS on the CPU, max allocated on 
 ZeRO-2 and ZeRO-3 with 2 workers comes from the same reports.
 
     python benchmarks/train_throughput.py [--pairs 256 --hidden 256 --layers 4 --threads 2]
-    python benchmarks/train_throughput.py --device cuda   # one GPU, bf16, 1-worker rows only
+    DS_ACCELERATOR=cuda python benchmarks/train_throughput.py --device cuda   # 1 GPU, bf16
 
 Prints a table, then `train_throughput_ratio: <train-rm 1 worker ex/s / plain ex/s>`.
 """
@@ -38,11 +38,12 @@ MGSM = ROOT.parent / "shared" / "data" / "mgsm"
 
 
 def make_pool(out: Path, pairs: int, langs: tuple[str, ...]) -> Path:
-    """Two correct and two incorrect responses per (question, language): 4 pairs each."""
+    """Two correct and two incorrect responses per (question, language); 4 pairs are drawn
+    per question (max_pairs_per_question=4), so ceil(pairs / 4) questions (at most 250)."""
     from bestofl import pool
 
     rows = []
-    n_questions = -(-pairs // (4 * len(langs)))
+    n_questions = -(-pairs // 4)
     for lang in langs:
         path = MGSM / f"mgsm_{lang}.tsv"
         questions = (path.read_text(encoding="utf-8").splitlines() if path.exists()
@@ -90,6 +91,8 @@ def plain_loop(model_dir: Path, examples: list[dict], args) -> tuple[float, floa
     model.to(args.device).train()
     optimizer = torch.optim.AdamW(model.parameters(), lr=1e-4)
     steps = len(examples) // args.batch_size * args.epochs
+    if steps <= args.warmup:
+        sys.exit(f"{steps} steps leave nothing to time after {args.warmup} warm-up steps")
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, warmup_cosine(max(1, steps // 20), steps))
     done, start = 0, None
@@ -170,12 +173,16 @@ def main() -> None:
     examples, _ = data.training_examples(rows, "pairwise", "within", 4, seed=0)
 
     table = [("plain PyTorch loop", 1, "-", args.threads, *plain_loop(model_dir, examples, args))]
-    ray.init(num_cpus=max(4, args.threads), num_gpus=1 if args.device == "cuda" else 0,
-             object_store_memory=256 * 2**20, include_dashboard=False)
+    # "local": a fresh instance, never someone's `ray start` cluster on this machine.
+    ray.init(address="local", num_cpus=max(4, args.threads),
+             num_gpus=1 if args.device == "cuda" else 0, object_store_memory=256 * 2**20,
+             include_dashboard=False)
     runs = [(1, 2, args.threads)]
     if args.device == "cpu":
         half = max(1, args.threads // 2)
         runs += [(2, 2, half), (2, 3, half)]
+    else:  # one GPU: one worker, ZeRO-3 only checks the path (nothing to shard across)
+        runs += [(1, 3, args.threads)]
     for workers, zero, threads in runs:
         rate, peak = train_rm(pool_dir, model_dir, tmp / f"rm-{workers}-{zero}", workers, zero,
                               threads, args)

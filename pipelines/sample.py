@@ -57,6 +57,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
 
     start = time.perf_counter()
     new = tokens = errors = 0
+    first = None  # seconds to the first finished batch: Ray, actors and engines starting
     if items:
         init_ray(cfg.ray)
         a = cfg.actors
@@ -69,6 +70,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
         with tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True) as bar:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 pool.write_pool(table, cfg.output)
+                first = first or time.perf_counter() - start
                 new += table.num_rows
                 tokens += pc.sum(table.column("num_tokens")).as_py() or 0
                 errors += table.num_rows - table.column("error").null_count
@@ -78,7 +80,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     summary = {"questions": n_questions, "languages": languages, "mode": cfg.mode, "model": model,
                "samples": already + new, "new_samples": new, "generated_tokens": tokens,
                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
-               "errors": errors, "seconds": round(seconds, 1)}
+               "errors": errors, "seconds": round(seconds, 1),
+               "first_batch_s": round(first, 1) if first else None}
     storage.mark_finished(cfg.output, summary)
     print(f"bestofl sample: {n_questions} questions, {already + new} samples ({new} new), "
           f"{tokens} generated tokens, {summary['tokens_per_s']} tokens/s, {errors} errors, "

@@ -89,13 +89,17 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         ds = ray.data.read_parquet(
             pool.parquet_files(cfg.input), filesystem=in_fs,
             partitioning=Partitioning("hive", base_dir=base, filesystem=in_fs))
-        ds = ds.map_batches(scoring.sort_by_length, batch_size=cfg.sort_window,
+        # Smaller windows on small jobs, so every actor gets several of them.
+        window = max(cfg.actors.batch_size, min(cfg.sort_window, todo // (4 * cfg.actors.num_actors)))
+        ds = ds.map_batches(scoring.sort_by_length, batch_size=window,
                             batch_format="pyarrow", fn_kwargs={"done": done if len(done) else None})
         ds = ds.map_batches(
             scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors.num_actors),
             num_cpus=cfg.actors.num_cpus,
             num_gpus=cfg.actors.num_gpus if use_gpu else None,
+            resources=dict(cfg.actors.resources) or None,
+            runtime_env={"env_vars": dict(cfg.actors.env_vars)} if cfg.actors.env_vars else None,
             fn_constructor_kwargs=dict(
                 model=cfg.model, dtype=cfg.dtype, max_length=cfg.max_length,
                 batch_size=cfg.forward_batch_size, use_gpu=use_gpu,

@@ -52,6 +52,7 @@ def _cfg(pool_dir, tiny_rm, output, *extra):
     return load_config("score", None, [
         f"input={pool_dir}", f"model={tiny_rm}", f"output={output}", f"max_length={MAX_LENGTH}",
         "forward_batch_size=8", "sort_window=64", "actors.batch_size=32",
+        "actors.resources={sim_node: 1}",  # the actor runs on a (simulated) worker node
         *extra])
 
 

@@ -95,7 +95,8 @@ def test_select_policies_on_their_own():
     assert select("majority", [None, None, None], [2.0, 1.0, 3.0]) == 2
 
 
-def test_serve_config_yaml_is_what_bestofl_serve_runs(tiny_rm):
+def test_serve_config_yaml_is_what_bestofl_serve_runs(tiny_rm, monkeypatch):
+    monkeypatch.delenv("BESTOFL_TOKEN", raising=False)
     config = yaml.safe_load((ROOT / "cluster" / "serve-config.yaml").read_text())
     (app,) = config["applications"]
     assert app["import_path"] == "bestofl.serving:app_builder"
@@ -107,8 +108,12 @@ def test_serve_config_yaml_is_what_bestofl_serve_runs(tiny_rm):
     for cfg in (from_yaml, from_cli):
         cfg.host, cfg.port, cfg.ray = None, None, None
     assert from_yaml == from_cli
-    assert config_from_args({**args, "engine.dtype": "float32", "max_batch_size": "4"}
-                            ).max_batch_size == 4  # `serve run ... key=value` strings, dotted keys
+    # `serve run ... key=value` passes strings, dotted keys included
+    cfg = config_from_args({**args, "engine.dtype": "float32", "max_batch_size": "4"})
+    assert (cfg.max_batch_size, cfg.engine.dtype) == (4, "float32")
+    # the token comes from the environment (a Kubernetes Secret), never from the file
+    monkeypatch.setenv("BESTOFL_TOKEN", "from-a-secret")
+    assert config_from_args(args).token == "from-a-secret"
 
 
 def test_bad_serve_config_fails_before_any_ray_work(capsys):

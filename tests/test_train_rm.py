@@ -79,11 +79,9 @@ def zero2_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
         "objective=pairwise", "pair_scope=both", "epochs=2", "val_fraction=0.25",
         "log_every=4", "save_every=8", "eval_every=0", "resources_per_worker={sim_node: 1}",
         "deepspeed.zero_stage=2"])
-    mp = pytest.MonkeyPatch()
-    mp.setenv(FAULT_ENV, "8")
-    with pytest.raises(ray.train.TrainingFailedError):
+    with pytest.MonkeyPatch.context() as mp, pytest.raises(ray.train.TrainingFailedError):
+        mp.setenv(FAULT_ENV, "8")
         run(cfg)
-    mp.undo()
     interrupted = metrics_lines(out)
     summary = run(cfg)
     return out, cfg, summary, interrupted

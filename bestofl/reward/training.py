@@ -153,13 +153,13 @@ def _peak_memory_mb(device: torch.device) -> float:
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
 
 
-def train_loop(config: dict[str, Any]) -> None:
-    """Ray Train `train_loop_per_worker`. `config` holds the TrainRMConfig fields plus
+def train_loop(cfg: dict[str, Any]) -> None:
+    """Ray Train `train_loop_per_worker`. `cfg` holds the TrainRMConfig fields plus
     what the driver computed: steps_per_epoch, metrics_path, fold, and an optional
     fault_after_step (tests: raise after that step's report)."""
-    import deepspeed  # noqa: PLC0415 (heavy; workers only)
+    started = time.perf_counter()
+    import deepspeed  # heavy: workers only
 
-    cfg = config
     ctx = ray.train.get_context()
     rank, world = ctx.get_world_rank(), ctx.get_world_size()
     device = ray.train.torch.get_device()
@@ -207,10 +207,16 @@ def train_loop(config: dict[str, Any]) -> None:
         if rank == 0:
             print(f"[train-rm] resumed from step {step} ({checkpoint.path})", flush=True)
     history = _metrics_history(cfg["metrics_path"], step) if rank == 0 else []
+    if rank == 0:
+        print(f"[train-rm] {world} workers, DeepSpeed ZeRO-{ds['zero_stage']} "
+              f"{'bf16' if ds['bf16'] else 'fp32'} on {device.type}, ready in "
+              f"{time.perf_counter() - started:.0f}s; {total - step} steps to go", flush=True)
 
     val_rows = sorted(ray.train.get_dataset_shard("val").iter_rows(), key=lambda r: r["rid"])
     mine = val_rows[rank::world]
-    mine_ids = [encode(tokenizer, r["prompt"] or "", r["response"], cfg["max_length"]) for r in mine]
+    # int32 arrays: a cross-fitting fold can hold many thousand long responses per worker.
+    mine_ids = [np.asarray(encode(tokenizer, r["prompt"] or "", r["response"], cfg["max_length"]),
+                           dtype=np.int32) for r in mine]
     val_batches = math.ceil(math.ceil(len(val_rows) / world) / cfg["batch_size"])
 
     def validate() -> tuple[dict[str, Any], list[float]]:
@@ -221,7 +227,7 @@ def train_loop(config: dict[str, Any]) -> None:
         with torch.no_grad():
             for b in range(val_batches):
                 idx = order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
-                batch = [mine_ids[i] for i in idx] or [mine_ids[0] if mine_ids else [0]]
+                batch = [mine_ids[i] for i in idx] or [mine_ids[0] if mine_ids else [0]]  # pad
                 ids, mask = collate(batch, tokenizer.pad_token_id)
                 values = engine(ids.to(device), mask.to(device)).tolist()
                 local.extend(values[:len(idx)])
@@ -236,7 +242,7 @@ def train_loop(config: dict[str, Any]) -> None:
         final = step == total
         do_eval = final or _due(step, cfg["eval_every"], spe)
         do_save = final or _due(step, cfg["save_every"], spe)
-        sums = torch.tensor([window["loss"], window["batches"], window["examples"],
+        sums = torch.tensor([float(window["loss"]), window["batches"], window["examples"],
                              _peak_memory_mb(device)], dtype=torch.float64, device=device)
         peak = sums[3].clone()
         dist.all_reduce(sums)
@@ -292,7 +298,7 @@ def train_loop(config: dict[str, Any]) -> None:
             loss = _batch_loss(engine, tokenizer, batch, cfg["objective"], cfg["max_length"], device)
             engine.backward(loss)
             engine.step()
-            window["loss"] += loss.item()
+            window["loss"] += loss.detach()  # no .item(): a GPU sync per step
             window["batches"] += 1
             window["examples"] += len(next(iter(batch.values())))
             if micro % ga:
@@ -350,6 +356,6 @@ def _export(engine, model, tokenizer, out: str, zero_stage: int, rank: int) -> N
     else:
         state = engine.module.state_dict() if rank == 0 else None
     if rank == 0:
-        state = {k.removeprefix("model."): v for k, v in state.items()}
+        state = {k.removeprefix("model."): v.detach().cpu() for k, v in state.items()}
         model.save_pretrained(out, state_dict=state, safe_serialization=True)
         tokenizer.save_pretrained(out)
