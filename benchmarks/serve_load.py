@@ -13,11 +13,11 @@ Bodies are real: MGSM questions with s1.1-7B's responses in several languages
 (../shared/data/xling-traces), falling back to synthetic text without the data.
 
     python benchmarks/serve_load.py                       # 16 clients, 60 s per phase
-    python benchmarks/serve_load.py --duration 30 --threads 1   # a shared, busy box: see below
+    python benchmarks/serve_load.py --duration 30 --set max_batch_size=32
 
 Prints a table, then `serve_speedup: X` (serve requests/s over plain requests/s).
-On a machine that other jobs oversubscribe, use --threads 1: multi-threaded torch there
-stalls at every parallel region waiting for a descheduled thread.
+Both sides get --threads cores: the plain server as torch threads, serve as that many
+one-thread scorer replicas; the fault phase kills every scorer replica at once.
 """
 # No `from __future__ import annotations`: FastAPI must see the plain server's body type.
 import argparse
@@ -176,7 +176,7 @@ def kill_scorer() -> float:
     t = time.perf_counter()
     for a in names:
         ray.kill(ray.get_actor(a["name"], namespace="serve"), no_restart=True)
-    print(f"killed {len(names)} scorer replica(s)", flush=True)
+    print(f"killed {len(names)} scorer replica(s)", flush=True)  # all: a full scorer outage
     return t
 
 
@@ -194,7 +194,8 @@ def main() -> int:
     p.add_argument("--port", type=int, default=18931)
     p.add_argument("--plain-port", type=int, default=18932)
     p.add_argument("--threads", type=int, default=os.cpu_count(),
-                   help="torch threads of the plain server and of each scorer replica")
+                   help="cores for each side: the plain server's torch threads; as many "
+                        "one-thread scorer replicas for serve")
     p.add_argument("--no-fault", action="store_true", help="skip the replica-kill phase")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra `bestofl serve` overrides (e.g. scorer_num_cpus=2 max_batch_size=32)")
@@ -217,15 +218,11 @@ def main() -> int:
     from bestofl.config import load_config
     from pipelines.serve import run
 
-    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
-                             "--plain-port", str(args.plain_port), "--max-length", str(args.max_length),
-                             "--threads", str(args.threads)], start_new_session=True)
-    plain = f"http://127.0.0.1:{args.plain_port}"
     for attempt in range(3):  # a busy machine can miss Ray's 30 s node start-up deadline
         try:
             # address="local": never join another Ray instance this machine happens to run
-            ray.init(address="local", num_cpus=4, object_store_memory=256 * 2**20,
-                     include_dashboard=False)
+            ray.init(address="local", num_cpus=max(4, args.threads + 2),
+                     object_store_memory=256 * 2**20, include_dashboard=False)
             break
         except Exception as e:
             print(f"ray.init failed ({e}); retrying", flush=True)
@@ -233,11 +230,17 @@ def main() -> int:
     else:
         raise RuntimeError("could not start Ray")
     fault, windows = {}, {"plain": [], "serve": []}
+    proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
+                             "--plain-port", str(args.plain_port), "--max-length", str(args.max_length),
+                             "--threads", str(args.threads)], start_new_session=True)
+    plain = f"http://127.0.0.1:{args.plain_port}"
     try:
-        # Ray sets a replica's OMP_NUM_THREADS (torch threads) to its num_cpus.
+        # The same cores as the plain server, as one-thread replicas (Ray sets a replica's
+        # torch threads to its num_cpus): on CPUs they batch best and never stall on a
+        # descheduled OpenMP thread.
         cfg = load_config("serve", None, [f"model={args.model}", f"port={args.port}",
-                                          f"max_length={args.max_length}",
-                                          f"scorer_num_cpus={args.threads}", *args.set])
+                                          f"max_length={args.max_length}", "scorer_num_cpus=1",
+                                          f"scorer_replicas={args.threads}", *args.set])
         serve.start(http_options={"host": cfg.host, "port": cfg.port},
                     controller_options={"runtime_env": {"env_vars": SLOW_PROXY_CHECKS}})
         run(cfg, block=False)

@@ -10,7 +10,7 @@ DeepSpeed set-up and the first steps are left out on both sides (the plain loop 
 first --warmup steps). Peak memory per worker (RSS on the CPU, max allocated on a GPU) for
 ZeRO-2 and ZeRO-3 with 2 workers comes from the same reports.
 
-    python benchmarks/train_throughput.py [--pairs 256 --hidden 256 --layers 4 --threads 2]
+    python benchmarks/train_throughput.py [--pairs 192 --hidden 256 --layers 2 --threads 2]
     DS_ACCELERATOR=cuda python benchmarks/train_throughput.py --device cuda   # 1 GPU, bf16
 
 Prints a table, then `train_throughput_ratio: <train-rm 1 worker ex/s / plain ex/s>`.
@@ -147,10 +147,10 @@ def train_rm(pool_dir: Path, model_dir: Path, out: Path, workers: int, zero: int
 
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    ap.add_argument("--pairs", type=int, default=256, help="training pairs (before the split)")
+    ap.add_argument("--pairs", type=int, default=192, help="training pairs (before the split)")
     ap.add_argument("--hidden", type=int, default=256)
-    ap.add_argument("--layers", type=int, default=4)
-    ap.add_argument("--max-length", type=int, default=256)
+    ap.add_argument("--layers", type=int, default=2)
+    ap.add_argument("--max-length", type=int, default=128)
     ap.add_argument("--batch-size", type=int, default=4, help="pairs per micro-batch")
     ap.add_argument("--epochs", type=int, default=1)
     ap.add_argument("--log-every", type=int, default=4)
@@ -158,6 +158,7 @@ def main() -> None:
     ap.add_argument("--threads", type=int, default=os.cpu_count() or 2)
     ap.add_argument("--device", choices=["cpu", "cuda"], default="cpu")
     ap.add_argument("--langs", default="en,de,fr,zh")
+    ap.add_argument("--stages", default="2,3", help="ZeRO stages of the 2-worker rows")
     args = ap.parse_args()
 
     import ray
@@ -177,12 +178,12 @@ def main() -> None:
     ray.init(address="local", num_cpus=max(4, args.threads),
              num_gpus=1 if args.device == "cuda" else 0, object_store_memory=256 * 2**20,
              include_dashboard=False)
+    stages = [int(z) for z in args.stages.split(",")]
     runs = [(1, 2, args.threads)]
     if args.device == "cpu":
-        half = max(1, args.threads // 2)
-        runs += [(2, 2, half), (2, 3, half)]
-    else:  # one GPU: one worker, ZeRO-3 only checks the path (nothing to shard across)
-        runs += [(1, 3, args.threads)]
+        runs += [(2, z, max(1, args.threads // 2)) for z in stages]
+    else:  # one GPU: one worker; ZeRO-3 there only checks the path (nothing to shard)
+        runs += [(1, z, args.threads) for z in stages if z != 2]
     for workers, zero, threads in runs:
         rate, peak = train_rm(pool_dir, model_dir, tmp / f"rm-{workers}-{zero}", workers, zero,
                               threads, args)

@@ -181,8 +181,9 @@ class TrainRMConfig:
             self.input = [self.input]
         if not self.input or not all(isinstance(p, str) and p for p in self.input):
             raise ValueError(f"input must be a pool or a list of pools, got {self.input!r}")
-        if not 0 <= self.val_fraction < 1:
-            raise ValueError(f"val_fraction must be in [0, 1), got {self.val_fraction}")
+        if not 0 < self.val_fraction < 1:
+            # Validation gives the metrics and the per-language score statistics.
+            raise ValueError(f"val_fraction must be in (0, 1), got {self.val_fraction}")
         for key in ("epochs", "batch_size", "grad_accum", "num_workers", "max_pairs_per_question",
                     "max_length"):
             if getattr(self, key) < 1:

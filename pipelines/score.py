@@ -1,6 +1,7 @@
 """`bestofl score`: candidate pool + reward model -> the same pool with `score`.
 
     read_parquet(input) -> sort_by_length (windows, minus rows already in output)
+        -> blocks of actors.batch_size rows
         -> Scorer actors (reward model, concurrency = actors.num_actors)
         -> write_parquet(output, partitioned by response_lang)
 
@@ -89,10 +90,11 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         ds = ray.data.read_parquet(
             pool.parquet_files(cfg.input), filesystem=in_fs,
             partitioning=Partitioning("hive", base_dir=base, filesystem=in_fs))
-        # Smaller windows on small jobs, so every actor gets several of them.
-        window = max(cfg.actors.batch_size, min(cfg.sort_window, todo // (4 * cfg.actors.num_actors)))
-        ds = ds.map_batches(scoring.sort_by_length, batch_size=window,
+        ds = ds.map_batches(scoring.sort_by_length, batch_size=cfg.sort_window,
                             batch_format="pyarrow", fn_kwargs={"done": done if len(done) else None})
+        # Cut sorted windows into actor-batch blocks (order kept): every actor gets work
+        # and progress moves batch by batch, not window by window.
+        ds = ds.repartition(target_num_rows_per_block=cfg.actors.batch_size)
         ds = ds.map_batches(
             scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors.num_actors),

@@ -28,6 +28,7 @@ import ray
 import ray.train
 from omegaconf import OmegaConf
 from ray.train.torch import TorchTrainer
+from transformers import AutoConfig
 
 from bestofl import pool, storage
 from bestofl.config import TrainRMConfig, parse_command_line
@@ -51,16 +52,23 @@ def _local(uri: str, must_exist: bool = False) -> str:
     return os.path.abspath(uri)
 
 
-def _check_same_job(cfg: TrainRMConfig) -> None:
+def _same_job(cfg: TrainRMConfig) -> bool:
+    """Whether a partial output may be resumed; another job's is refused, or cleared
+    when overwrite=true (its checkpoints would not fit this run)."""
     saved_path = storage.join(cfg.output, "config.yaml")
     if not storage.exists(saved_path):
-        return
+        return True
     saved = OmegaConf.to_container(OmegaConf.create(storage.read_text(saved_path)))
     now = dataclasses.asdict(cfg)
     diff = [k for k in SAME_JOB_KEYS if saved.get(k) != now[k]]
-    if diff:
+    if not diff:
+        return True
+    if not cfg.overwrite:
         raise ValueError(f"{cfg.output} holds a partial run of another job (different "
                          f"{', '.join(diff)}); pass overwrite=true to start it over")
+    fs, path = storage.filesystem(cfg.output)
+    fs.delete_dir_contents(path)
+    return False
 
 
 def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: str,
@@ -108,14 +116,14 @@ def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: 
     with fs.open_input_stream(f"{path}/{training.VAL_REPORT}") as f:
         report = json.loads(f.read())
     report["scores"] = pq.read_table(f"{path}/{training.VAL_SCORES}", filesystem=fs)
-    qids = lambda rows: sorted({r["qid"] for r in rows})  # noqa: E731
     meta = {
         "objective": cfg.objective, "pair_scope": cfg.pair_scope, "base_model": cfg.model,
         "max_length": cfg.max_length, "fold": fold, "step": report["step"],
         "metrics": {k: v for k, v in report.items() if k.startswith("val_")},
         "score_stats": report["score_stats"], "lang_accuracy": report["lang_accuracy"],
         "data": {k: int(v) for k, v in stats.items()},
-        "train_qids": qids(train_rows), "val_qids": qids(val_rows),
+        "train_qids": sorted({r["qid"] for r in train_rows}),
+        "val_qids": sorted({r["qid"] for r in val_rows}),
         "config": dataclasses.asdict(cfg),
     }
     storage.write_text(storage.join(out, RM_METADATA), json.dumps(meta, indent=2) + "\n")
@@ -127,18 +135,21 @@ def run(cfg: TrainRMConfig) -> dict[str, Any]:
                               model=_local(cfg.model, must_exist=True),
                               output=_local(cfg.output),
                               storage_path=_local(cfg.storage_path) if cfg.storage_path else None)
+    try:  # a wrong model path fails here, not minutes later in every worker
+        AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"model {cfg.model!r} cannot be loaded: {e}") from None
     table = data.load_pools(cfg.input)
     rows = data.response_rows(table)
     if not any(r["correct"] is not None for r in rows):
         raise ValueError(f"no row of {cfg.input} has `correct` set: nothing to learn from "
                          "(sample or import with gold answers)")
-    resuming = storage.prepare_output(cfg.output, cfg.overwrite)
-    if resuming:
-        _check_same_job(cfg)
+    resuming = storage.prepare_output(cfg.output, cfg.overwrite) and _same_job(cfg)
     storage.save_config(cfg.output, cfg)
     storage_path = cfg.storage_path or storage.join(cfg.output, "ray")
     # Run names unique per output, so two outputs sharing one storage_path never mix.
-    run_name = f"{os.path.basename(cfg.output.rstrip('/'))}-{hashlib.sha1(cfg.output.encode()).hexdigest()[:8]}"
+    digest = hashlib.sha1(cfg.output.encode()).hexdigest()[:8]
+    run_name = f"{os.path.basename(cfg.output.rstrip('/'))}-{digest}"
     fs, base = storage.filesystem(storage_path)
     if not resuming and cfg.storage_path:
         for info in fs.get_file_info(pafs.FileSelector(base, allow_not_found=True)):
@@ -147,7 +158,11 @@ def run(cfg: TrainRMConfig) -> dict[str, Any]:
     init_ray(cfg.ray)
 
     if not cfg.cv:
-        train_q, _ = data.split_questions([r["qid"] for r in rows], cfg.val_fraction, cfg.seed)
+        qids = [r["qid"] for r in rows]
+        train_q, val_q = data.split_questions(qids, cfg.val_fraction, cfg.seed)
+        if not val_q:
+            raise ValueError(f"validation needs at least one question of its own: the pools "
+                             f"hold {len(train_q)} question(s) at val_fraction={cfg.val_fraction}")
         train_q = set(train_q)
         report = _fit(cfg, [r for r in rows if r["qid"] in train_q],
                       [r for r in rows if r["qid"] not in train_q], cfg.output, None,

@@ -24,7 +24,8 @@ def make_rows(spec: dict[str, dict[str, str]]) -> list[dict]:
         for lang, marks in langs.items():
             for i, mark in enumerate(marks):
                 rows.append({"rid": len(rows), "qid": qid, "response_lang": lang,
-                             "prompt": f"question {qid} in {lang}", "response": f"{lang}-{i}-{mark}",
+                             "prompt": f"question {qid} in {lang}",
+                             "response": f"{lang}-{i}-{mark}",
                              "correct": {"c": True, "x": False, "?": None}[mark]})
     return rows
 

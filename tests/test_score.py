@@ -1,7 +1,7 @@
 """`bestofl score`: a hand-made pool through Ray Data reward-model actors.
 
-One run (module fixture) that resumes a crashed partial output backs the row, score,
-null, resume and layout checks. Expected scores come from `reward.model.score` run in this
+One run (module fixture: two actors, one per simulated worker node) that resumes a crashed
+partial output backs the row, score, null, resume and layout checks. Expected scores come from `reward.model.score` run in this
 process on the same rows.
 """
 from __future__ import annotations
@@ -52,7 +52,7 @@ def _cfg(pool_dir, tiny_rm, output, *extra):
     return load_config("score", None, [
         f"input={pool_dir}", f"model={tiny_rm}", f"output={output}", f"max_length={MAX_LENGTH}",
         "forward_batch_size=8", "sort_window=64", "actors.batch_size=32",
-        "actors.resources={sim_node: 1}",  # the actor runs on a (simulated) worker node
+        "actors.num_actors=2", "actors.resources={sim_node: 1}",  # one per simulated node
         *extra])
 
 
@@ -179,3 +179,14 @@ def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         score_pipeline.run(_cfg(source[0], tmp_path / "empty", output))
     assert not output.exists()
+
+
+def test_sort_by_length_drops_done_rows_and_groups_lengths(source):
+    from bestofl import scoring
+
+    rows = source[1][:60]
+    table = pool.to_table(rows)
+    out = scoring.sort_by_length(table, scoring.identity_keys(table.slice(0, 10)))
+    assert sorted(_key(r) for r in out.to_pylist()) == sorted(_key(r) for r in rows[10:])
+    lengths = [len(r["prompt"] or "") + len(r["response"]) for r in out.to_pylist()]
+    assert lengths == sorted(lengths) and lengths[0] < lengths[-1]

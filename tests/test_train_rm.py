@@ -58,7 +58,7 @@ def trace_pool(shared_data, n_questions: int = N_QUESTIONS) -> pa.Table:
 
 
 def metrics_lines(folder) -> list[dict]:
-    return [json.loads(line) for line in storage.read_text(str(folder / "metrics.jsonl")).splitlines()]
+    return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
 @pytest.fixture(scope="module")
@@ -181,3 +181,28 @@ def test_finished_output_is_not_overwritten(zero3_cv_run):
     out, cfg, _ = zero3_cv_run
     with pytest.raises(FileExistsError, match="overwrite"):
         run(cfg)
+
+
+def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
+    from bestofl.config import ConfigError
+    from pipelines.train_rm import run
+
+    base = [f"input={pool_dir}", f"model={tiny_rm}", f"output={tmp_path / 'out'}"]
+    with pytest.raises(ConfigError, match="objective"):
+        load_config("train_rm", None, [*base, "objective=listwise"])
+    with pytest.raises(ConfigError, match="learning_rate"):
+        load_config("train_rm", None, [*base, "learning_rate=1"])
+    with pytest.raises(ConfigError, match="val_fraction"):
+        load_config("train_rm", None, [*base, "val_fraction=0"])
+    with pytest.raises(FileNotFoundError, match="no/such/model"):
+        run(load_config("train_rm", None, [*base[:1], f"model={tmp_path}/no/such/model",
+                                           base[2]]))
+    unlabelled = tmp_path / "unlabelled"
+    pool.write_pool(pool.read_pool(str(pool_dir)).drop_columns(["correct"]), str(unlabelled))
+    with pytest.raises(ValueError, match="correct"):
+        run(load_config("train_rm", None, [f"input={unlabelled}", *base[1:]]))
+    assert not (tmp_path / "out").exists()  # nothing written, no Ray started
+    # A partial output of another job (here: another seed) is not resumed by this one.
+    storage.save_config(str(tmp_path / "out"), load_config("train_rm", None, [*base, "seed=7"]))
+    with pytest.raises(ValueError, match="another job.*seed"):
+        run(load_config("train_rm", None, base))

@@ -195,7 +195,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
         weight_decay=cfg["weight_decay"])
     engine, _, _, scheduler = deepspeed.initialize(
         model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
-        optimizer=optimizer, lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
         config=ds_config, dist_init_required=False)
 
     step = resumed_step = 0
@@ -263,7 +264,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             if do_save:
                 engine.save_checkpoint(tmp, tag=STATE_TAG, client_state={"step": step})
             if final:
-                _export(engine, model, tokenizer, os.path.join(tmp, "model"), ds["zero_stage"], rank)
+                _export(engine, model, tokenizer, os.path.join(tmp, "model"), ds["zero_stage"],
+                        rank)
                 if rank == 0:
                     storage.write_text(os.path.join(tmp, VAL_REPORT),
                                        json.dumps({"step": step, **extra}, indent=2) + "\n")
@@ -295,7 +297,8 @@ def train_loop(cfg: dict[str, Any]) -> None:
             micro += 1
             if micro <= skip:
                 continue
-            loss = _batch_loss(engine, tokenizer, batch, cfg["objective"], cfg["max_length"], device)
+            loss = _batch_loss(engine, tokenizer, batch, cfg["objective"], cfg["max_length"],
+                               device)
             engine.backward(loss)
             engine.step()
             window["loss"] += loss.detach()  # no .item(): a GPU sync per step
@@ -335,8 +338,9 @@ def _metrics_history(path: str, step: int) -> list[str]:
 def _batch_loss(engine, tokenizer, batch: dict[str, np.ndarray], objective: str,
                 max_length: int, device: torch.device) -> torch.Tensor:
     if objective == "pairwise":
-        seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt_a"], batch["response_a"])]
-        seqs += [encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt_b"], batch["response_b"])]
+        # Chosen and rejected in one forward: one set of ZeRO-3 gathers per micro-batch.
+        seqs = [encode(tokenizer, p, r, max_length) for side in "ab"
+                for p, r in zip(batch[f"prompt_{side}"], batch[f"response_{side}"])]
         ids, mask = collate(seqs, tokenizer.pad_token_id)
         scores = engine(ids.to(device), mask.to(device))
         n = len(batch["prompt_a"])
