@@ -55,12 +55,21 @@ def ray_cluster():
     import ray
     from ray.cluster_utils import Cluster
 
-    cluster = Cluster(initialize_head=True, head_node_args={
-        "num_cpus": 4, "object_store_memory": 256 * MB, "include_dashboard": False})
-    for _ in range(2):
-        cluster.add_node(num_cpus=2, object_store_memory=128 * MB, resources={"sim_node": 1})
-    cluster.wait_for_nodes()
-    ray.init(address=cluster.address)
+    for attempt in range(3):
+        # On a loaded 2-core box a raylet can miss its start-up deadline: start again.
+        cluster = Cluster()
+        try:
+            cluster.add_node(num_cpus=4, object_store_memory=256 * MB, include_dashboard=False)
+            for _ in range(2):
+                cluster.add_node(num_cpus=2, object_store_memory=128 * MB, resources={"sim_node": 1})
+            cluster.wait_for_nodes()
+            ray.init(address=cluster.address)
+            break
+        except Exception:
+            ray.shutdown()
+            cluster.shutdown()
+            if attempt == 2:
+                raise
     yield cluster
     ray.shutdown()
     cluster.shutdown()
