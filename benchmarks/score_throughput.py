@@ -17,6 +17,7 @@ import argparse
 import gzip
 import json
 import os
+import shutil
 import sys
 import tempfile
 import time
@@ -124,6 +125,7 @@ def main() -> None:
     print(f"{'plain batched forward':<28}{plain_s:>10.2f}{plain_rate:>10.2f}")
     print(f"{'bestofl score (1 actor)':<28}{pipe_s:>10.2f}{pipe_rate:>10.2f}")
     print(f"max |score difference| {diff:.2e}")
+    shutil.rmtree(work, ignore_errors=True)
     print(f"score_throughput_ratio: {pipe_rate / plain_rate:.3f}")
 
 

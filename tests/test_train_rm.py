@@ -24,6 +24,8 @@ from bestofl.config import load_config
 from bestofl.reward.model import load_reward_model, score
 from bestofl.reward.training import evaluate_scores
 
+pytestmark = pytest.mark.slow  # Ray Train fits
+
 LANGS = ("en", "de", "zh", "bn")
 METHODS = ("system", "wait", "prefix", "combined", "combined_en_only")
 N_QUESTIONS = 32
