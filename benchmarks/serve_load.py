@@ -36,9 +36,6 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 
 ROOT = Path(__file__).resolve().parents[1]
-# A busy machine starts the HTTP proxy slower than Serve's 5 s readiness check allows.
-SLOW_PROXY_CHECKS = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
-                     "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 TRACES = ROOT.parent / "shared" / "data" / "xling-traces" / "s1.1-7B" / "system"
 
 
@@ -241,9 +238,7 @@ def main() -> int:
         cfg = load_config("serve", None, [f"model={args.model}", f"port={args.port}",
                                           f"max_length={args.max_length}", "scorer_num_cpus=1",
                                           f"scorer_replicas={args.threads}", *args.set])
-        serve.start(http_options={"host": cfg.host, "port": cfg.port},
-                    controller_options={"runtime_env": {"env_vars": SLOW_PROXY_CHECKS}})
-        run(cfg, block=False)
+        run(cfg, block=False)  # starts Serve with patient proxy checks (serving.PROXY_CHECK_ENV)
         urls = {"plain": f"{plain}/select", "serve": f"http://127.0.0.1:{args.port}/select"}
         wait_healthy(f"{plain}/healthz", 300)
         for url in urls.values():

@@ -81,6 +81,7 @@ class SampleConfig:
     output: str = MISSING
     mode: str = MISSING  # parallel | forcing
     question_lang: str = MISSING  # forcing mode: the language the question is posed in
+    prompt: str = MISSING  # cot (step-by-step reasoning) | brief (the final number only)
     seed: int = MISSING
     model_name: Optional[str] = MISSING  # the pool's `model` column; null: model folder name or hub id
     group_samples: bool = MISSING  # one vLLM request with n=k per work item instead of k seeded requests
@@ -95,6 +96,8 @@ class SampleConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.mode not in ("parallel", "forcing"):
             raise ValueError(f"mode must be 'parallel' or 'forcing', got {self.mode!r}")
+        if self.prompt not in ("cot", "brief"):
+            raise ValueError(f"prompt must be 'cot' or 'brief', got {self.prompt!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         a, e = self.actors, self.engine

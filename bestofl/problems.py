@@ -1,10 +1,11 @@
 """The project's own grade-school word problems: seeded, multilingual, exact answers.
 
-For offline runs (`questions=generated:<n>[:seed]`). Each problem draws its numbers and
+For offline runs (`questions=generated:<n>[:seed][:easy]`). Each problem draws its numbers and
 template once from the seed and is then written natively in every language, so a qid is
 the same problem everywhere and the languages asked for never change the problems.
-Deliberately easy: most are one step (the CPU demo's 135M model gets ~9% on such problems
-in English); the rest take two operations. All answers are positive integers.
+Deliberately easy: most are one step, the rest take two operations. The `easy` level
+keeps to one step with single-digit numbers: the demo's 135M model gets about 20% of
+those right in English and ~2% of the standard ones. All answers are positive integers.
 """
 from __future__ import annotations
 
@@ -82,19 +83,19 @@ def _words(lang: str, name: int, other: int, item: int) -> Words:
 Text = Callable[[Words, dict], str]
 
 
-def _add(r: random.Random) -> tuple[dict, int]:
-    p = {"a": r.randint(2, 20), "b": r.randint(2, 20)}
+def _add(r: random.Random, top: int = 20) -> tuple[dict, int]:
+    p = {"a": r.randint(2, top), "b": r.randint(2, top)}
     return p, p["a"] + p["b"]
 
 
-def _subtract(r: random.Random) -> tuple[dict, int]:
-    a = r.randint(8, 40)
+def _subtract(r: random.Random, top: int = 40) -> tuple[dict, int]:
+    a = r.randint(8, top)
     p = {"a": a, "b": r.randint(2, a - 3)}
     return p, p["a"] - p["b"]
 
 
-def _shopping(r: random.Random) -> tuple[dict, int]:
-    p = {"a": r.randint(2, 9), "p": r.randint(2, 12)}
+def _shopping(r: random.Random, top: int = 12) -> tuple[dict, int]:
+    p = {"a": r.randint(2, min(9, top)), "p": r.randint(2, top)}
     return p, p["a"] * p["p"]
 
 
@@ -280,25 +281,35 @@ TEMPLATES: dict[str, tuple[Callable, float, dict[str, Text]]] = {
 }
 
 
-def generate_problems(n: int, languages: Sequence[str], seed: int = 0) -> list[dict]:
+# The easy level: one operation on small numbers, with the same texts.
+EASY_DRAWS: dict[str, Callable[[random.Random], tuple[dict, int]]] = {
+    "add": lambda r: _add(r, top=9),
+    "subtract": lambda r: _subtract(r, top=15),
+    "shopping": lambda r: _shopping(r, top=5),
+}
+
+
+def generate_problems(n: int, languages: Sequence[str], seed: int = 0, easy: bool = False
+                      ) -> list[dict]:
     """`n` problems in each of `languages`: rows {qid, lang, question, gold}, sorted by
-    (qid, lang). Problem i depends only on (seed, i), never on the languages asked for."""
+    (qid, lang). Problem i depends only on (seed, i, easy), never on the languages asked
+    for; easy qids read easy<seed>-<i>, the others gen<seed>-<i>."""
     langs = resolve_languages(languages, LANGUAGES)
     unsupported = [code for code in langs if code not in LANGUAGES]
     if unsupported:
         raise ValueError(f"generated problems exist in {', '.join(LANGUAGES)}; "
                          f"not in {', '.join(unsupported)}")
-    names = list(TEMPLATES)
-    weights = [TEMPLATES[t][1] for t in names]
+    names = list(EASY_DRAWS if easy else TEMPLATES)
+    weights = [1.0 if easy else TEMPLATES[t][1] for t in names]
     width = max(4, len(str(n - 1)))
     rows = []
     for i in range(n):
         r = random.Random(f"bestofl-problems/{seed}/{i}")
         kind = r.choices(names, weights)[0]
-        numbers, answer = TEMPLATES[kind][0](r)
+        numbers, answer = (EASY_DRAWS[kind] if easy else TEMPLATES[kind][0])(r)
         name, other = r.sample(range(len(NAMES["en"])), 2)
         item = r.randrange(len(ITEMS["en"]))
-        qid = f"gen{seed}-{i:0{width}d}"
+        qid = f"{'easy' if easy else 'gen'}{seed}-{i:0{width}d}"
         for lang in sorted(langs):
             text = TEMPLATES[kind][2][lang](_words(lang, name, other, item), numbers)
             rows.append({"qid": qid, "lang": lang, "question": text, "gold": str(answer)})

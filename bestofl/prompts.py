@@ -11,15 +11,26 @@ from typing import Any
 from bestofl.languages import get_language
 
 
-def build_messages(question: str, question_lang: str, response_lang: str) -> list[dict]:
-    """Chat messages asking for step-by-step reasoning in `response_lang`.
+STYLES = ("cot", "brief")
 
-    The instruction is written in the response language; when the question is posed in
-    another language (language forcing) that language's force instruction follows it.
+
+def build_messages(question: str, question_lang: str, response_lang: str,
+                   style: str = "cot") -> list[dict]:
+    """Chat messages asking for an answer in `response_lang`.
+
+    style cot asks for step-by-step reasoning, brief for the final number only (short
+    outputs: weak models gain little from reasoning they cannot do). The instruction is
+    written in the response language; when the question is posed in another language
+    (language forcing) that language's force instruction follows it.
     """
     get_language(question_lang)  # an unknown code fails here, not deep inside a template
     target = get_language(response_lang)
-    parts = [question.strip(), target.cot_instruction]
+    if style not in STYLES:
+        raise ValueError(f"prompt style must be one of {', '.join(STYLES)}, got {style!r}")
+    instruction = target.cot_instruction if style == "cot" else target.brief_instruction
+    if not instruction:
+        raise ValueError(f"language {response_lang!r} has no {style} instruction in the registry")
+    parts = [question.strip(), instruction]
     if question_lang != response_lang:
         parts.append(target.force_instruction)
     return [{"role": "user", "content": "\n\n".join(parts)}]

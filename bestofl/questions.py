@@ -5,7 +5,7 @@
     <file>.jsonl / .parquet  columns qid, lang, question, gold (gold may be null);
                              a folder of such files works too
     hf:<dataset id>[:split]  a Hugging Face dataset (needs `datasets` and a reachable hub)
-    generated:<n>[:seed]     the project's own word problems (bestofl.problems)
+    generated:<n>[:seed][:easy]  the project's own word problems (bestofl.problems)
 
 Local paths or pyarrow URIs (s3://...). Gold answers are normalised ("2,125" -> "2125")
 so they compare with graded pool rows.
@@ -61,9 +61,9 @@ def load_questions(source: str, languages: Sequence[str] | None = None,
     if source.startswith("generated:"):
         from bestofl.problems import LANGUAGES as GENERATED, generate_problems
 
-        n, seed = _generated_spec(source)
+        n, seed, easy = _generated_spec(source)
         langs = _check_available(wanted, GENERATED, source)
-        rows = generate_problems(n, langs, seed=seed)
+        rows = generate_problems(n, langs, seed=seed, easy=easy)
     elif source.startswith("hf:"):
         rows = _from_hub(source, wanted, bad)
     else:
@@ -95,17 +95,21 @@ def _check_available(wanted: list[str] | None, available: Iterable[str], source:
     return langs
 
 
-def _generated_spec(source: str) -> tuple[int, int]:
+def _generated_spec(source: str) -> tuple[int, int, bool]:
+    """generated:<n>[:<seed>][:easy] -> (n, seed, easy)."""
     parts = source.split(":")[1:]
+    easy = parts[-1:] == ["easy"]
+    parts = parts[:-1] if easy else parts
     try:
         if not 1 <= len(parts) <= 2:
             raise ValueError
         n, seed = int(parts[0]), int(parts[1]) if len(parts) == 2 else 0
     except ValueError:
-        raise QuestionError(f"{source!r}: expected generated:<n>[:<seed>], e.g. generated:40:0") from None
+        raise QuestionError(f"{source!r}: expected generated:<n>[:<seed>][:easy], "
+                            f"e.g. generated:40:0 or generated:16:easy") from None
     if n < 1:
         raise QuestionError(f"{source!r}: the number of problems must be >= 1")
-    return n, seed
+    return n, seed, easy
 
 
 def _gold(value: Any) -> str | None:

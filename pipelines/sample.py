@@ -61,7 +61,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     if items:
         init_ray(cfg.ray)
         a = cfg.actors
-        ds = ray.data.from_items(items).map_batches(
+        # One block per actor batch: each batch's rows come back (progress, resume) on their own.
+        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // a.batch_size)).map_batches(
             sampling.Sampler, fn_constructor_kwargs={"cfg": cfg, "model": model},
             batch_size=a.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=a.num_actors),

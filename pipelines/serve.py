@@ -14,7 +14,7 @@ from ray.serve.handle import DeploymentHandle
 
 from bestofl.config import ServeConfig, parse_command_line
 from bestofl.ray_runtime import init_ray
-from bestofl.serving import build_app
+from bestofl.serving import PROXY_CHECK_ENV, build_app
 
 APP_NAME = "bestofl"
 
@@ -23,7 +23,8 @@ def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
     """Deploy the app (waits until healthy); with `block`, serve until SIGINT/SIGTERM, then
     delete it. Serve's HTTP options are cluster-wide: an already running Serve keeps its own."""
     init_ray(cfg.ray)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port})
+    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+                controller_options={"runtime_env": {"env_vars": PROXY_CHECK_ENV}})
     handle = serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.token is None:
         print(f"bestofl serve: warning: listening on {cfg.host} without a token", file=sys.stderr)

@@ -109,3 +109,16 @@ def test_russian_number_forms():
 def test_unsupported_language():
     with pytest.raises(ValueError, match="not in bn"):
         generate_problems(3, ["en", "bn"])
+
+
+def test_easy_level_is_one_step_with_small_numbers():
+    easy = generate_problems(200, LANGUAGES, seed=1, easy=True)
+    english = [r for r in easy if r["lang"] == "en"]
+    assert {r["qid"].split("-")[0] for r in english} == {"easy1"}  # never a gen1-* qid
+    for r in english:
+        assert _recompute(r["question"]) == int(r["gold"]) > 0, r["question"]
+        assert max(_numbers(r["question"])) <= 15, r["question"]
+        assert not any(k in r["question"] for k in ("bill", "boxes", "years"))
+    assert {q["question"].split()[1] for q in english} >= {"has", "buys"}  # several templates
+    assert generate_problems(200, LANGUAGES, seed=1, easy=True) == easy
+    assert len({r["lang"] for r in easy}) == len(LANGUAGES)

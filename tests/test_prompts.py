@@ -47,3 +47,19 @@ def test_render_without_chat_template_falls_back_to_plain_text(tiny_lm):
     tokenizer.chat_template = None
     text = render(tokenizer, build_messages(QUESTION, "en", "en"))
     assert text == f"{QUESTION}\n\n{get_language('en').cot_instruction}\n\n"
+
+
+def test_brief_style_asks_for_the_number_only():
+    (msg,) = build_messages(QUESTION, "fr", "fr", "brief")
+    fr = get_language("fr")
+    assert msg["content"] == QUESTION + "\n\n" + fr.brief_instruction
+    assert fr.cot_instruction not in msg["content"]
+    with pytest.raises(ValueError, match="prompt style"):
+        build_messages(QUESTION, "fr", "fr", "verbose")
+
+
+def test_every_registered_language_has_every_instruction():
+    from bestofl.languages import LANGUAGES
+
+    for lang in LANGUAGES.values():
+        assert lang.cot_instruction and lang.force_instruction and lang.brief_instruction, lang.code

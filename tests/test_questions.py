@@ -188,6 +188,11 @@ def test_generated_source():
         load_questions("generated:2", ["bn"])
     with pytest.raises(QuestionError, match="generated:<n>"):
         load_questions("generated:many")
+    easy = load_questions("generated:3:easy", ["en"])
+    assert [r["qid"] for r in easy] == ["easy0-0000", "easy0-0001", "easy0-0002"]
+    assert load_questions("generated:3:0:easy", ["en"]) == easy
+    with pytest.raises(QuestionError, match="generated:<n>"):
+        load_questions("generated:3:hard")
 
 
 # ---------------------------------------------------------------- Hugging Face

@@ -24,6 +24,7 @@ from bestofl import pool, sampling, storage
 from bestofl.answers import grade
 from bestofl.cli import main as cli_main
 from bestofl.config import ConfigError, load_config
+from bestofl.hardware import native_bf16_cpu
 from bestofl.languages import get_language
 from bestofl.questions import load_questions
 
@@ -81,6 +82,10 @@ def test_engine_args_follow_the_platform():
                                     "engine.kv_cache_memory_bytes=null"))
     assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
+    # dtype auto: bf16 on GPUs; on CPUs only where bf16 is native (AVX2 emulates it, slowly)
+    assert gpu["dtype"] == "bfloat16"
+    assert cpu["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
+    assert sampling.engine_args(_cfg("engine.dtype=float32", "actors.num_gpus=1"))["dtype"] == "float32"
 
 
 @pytest.mark.parametrize("overrides,message", [

@@ -27,7 +27,7 @@ import yaml
 from bestofl.answers import extract_answer, model_response
 from bestofl.cli import main as cli_main
 from bestofl.config import ConfigError, load_config
-from bestofl.serving import config_from_args, select
+from bestofl.serving import PROXY_CHECK_ENV, config_from_args, select
 
 ROOT = Path(__file__).resolve().parents[1]
 TOKEN = "s3cret-token"
@@ -150,11 +150,8 @@ def serve_url(ray_cluster):
     from ray import serve
 
     port = _free_port()
-    # A loaded 2-core box can start the proxy slower than Serve's 5 s readiness check allows.
-    slow_checks = {"RAY_SERVE_PROXY_READY_CHECK_TIMEOUT_S": "60",
-                   "RAY_SERVE_PROXY_HEALTH_CHECK_TIMEOUT_S": "60"}
     serve.start(proxy_location="HeadOnly", http_options={"host": "127.0.0.1", "port": port},
-                controller_options={"runtime_env": {"env_vars": slow_checks}})
+                controller_options={"runtime_env": {"env_vars": PROXY_CHECK_ENV}})
     yield f"http://127.0.0.1:{port}"
     serve.shutdown()  # other modules' Ray use must not see our apps
 

@@ -11,6 +11,8 @@ import torch
 from transformers import (AutoModelForSequenceClassification, AutoTokenizer, PreTrainedModel,
                           PreTrainedTokenizerBase)
 
+from bestofl.hardware import resolve_dtype
+
 DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
@@ -21,7 +23,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES.get(dtype, "auto"), use_safetensors=True,
+        path, num_labels=1, dtype=DTYPES[resolve_dtype(dtype, torch.cuda.is_available())], use_safetensors=True,
         trust_remote_code=trust_remote_code,
     )
     model.config.pad_token_id = tokenizer.pad_token_id
