@@ -135,8 +135,10 @@ def main() -> None:
     p.add_argument("--group", type=int, default=1, help="1: n=N per request, 0: N seeded requests")
     p.add_argument("--compare-items", type=int, default=16,
                    help="work items for the n=N vs N-seeded-requests comparison")
-    p.add_argument("--in-process", type=int, default=1,
-                   help="1: engine core inside the actor/process (VLLM_ENABLE_V1_MULTIPROCESSING=0), both sides")
+    p.add_argument("--in-process", type=int, default=0,
+                   help="1: engine core inside the actor/process (VLLM_ENABLE_V1_MULTIPROCESSING=0), both "
+                        "sides. Slow in a Ray Data actor on CPUs: the UDF runs on another thread than "
+                        "the one vLLM pinned to the cores (measured 0.57 against 0 here)")
     p.add_argument("--memory-questions", type=int, default=200, help="1x size of the RSS check (10x also runs)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
@@ -153,8 +155,8 @@ def main() -> None:
         cfg = sample_config(args, model, args.questions_source, f"{tmp}/pool", args.questions,
                             args.max_tokens)
         if args.plain_only:  # the child process of the plain side
-            print("PLAIN", json.dumps(plain_vllm(cfg, args.compare_items)))
-            return
+            print("PLAIN", json.dumps(plain_vllm(cfg, args.compare_items)), flush=True)
+            os._exit(0)  # a multiprocess vLLM engine can leave interpreter exit waiting on it
         # Its own process: vLLM's CPU backend pins the process that runs it to cores, which
         # would also pin the Ray instance this process starts next.
         child = subprocess.run([sys.executable, *sys.argv, "--plain-only", "--model", model],
