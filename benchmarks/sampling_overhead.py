@@ -95,6 +95,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
     single, t_single = generate(False, sum(len(it["sample_idxs"]) for it in items[:k]))
     result.update(grouped_tok_s=sum(map(len, grouped)) / t_grouped,
                   single_tok_s=sum(map(len, single)) / t_single, identical=grouped == single)
+    llm.llm_engine.engine_core.shutdown()  # its processes hold our stdout: the parent waits on them
     return result
 
 
