@@ -96,6 +96,10 @@ def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: 
     if cfg.use_gpu:
         resources["GPU"] = 1
     val_columns = ("rid", *data.ROW_COLUMNS)
+    datasets = {"train": ray.data.from_items(examples),
+                "val": ray.data.from_items([{c: r[c] for c in val_columns} for r in val_rows])}
+    for ds in datasets.values():  # every worker's bars would flood this console; train-rm logs progress
+        ds.context.enable_progress_bars = False
     trainer = TorchTrainer(
         training.train_loop, train_loop_config=loop_config,
         scaling_config=ray.train.ScalingConfig(num_workers=cfg.num_workers, use_gpu=cfg.use_gpu,
@@ -104,8 +108,7 @@ def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: 
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
             failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
-        datasets={"train": ray.data.from_items(examples),
-                  "val": ray.data.from_items([{c: r[c] for c in val_columns} for r in val_rows])},
+        datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
     result = trainer.fit()

@@ -22,7 +22,6 @@ from typing import Any, Callable, Sequence
 import numpy as np
 import pyarrow as pa
 import pyarrow.parquet as pq
-import ray.data
 import ray.train
 import torch
 import torch.distributed as dist
@@ -214,8 +213,6 @@ def train_loop(cfg: dict[str, Any]) -> None:
               f"{'bf16' if ds['bf16'] else 'fp32'} on {device.type}, ready in "
               f"{time.perf_counter() - started:.0f}s; {total - step} steps to go", flush=True)
 
-    # Each worker's bars would reach the driver's console interleaved: the driver reports.
-    ray.data.DataContext.get_current().enable_progress_bars = False
     val_rows = sorted(ray.train.get_dataset_shard("val").iter_rows(), key=lambda r: r["rid"])
     mine = val_rows[rank::world]
     # int32 arrays: a cross-fitting fold can hold many thousand long responses per worker.
