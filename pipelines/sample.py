@@ -62,7 +62,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
         init_ray(cfg.ray)
         a = cfg.actors
         # One block per actor batch: each batch's rows come back (progress, resume) on their own.
-        ds = ray.data.from_items(items, override_num_blocks=-(-len(items) // a.batch_size)).map_batches(
+        blocks = -(-len(items) // a.batch_size)
+        ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             sampling.Sampler, fn_constructor_kwargs={"cfg": cfg, "model": model},
             batch_size=a.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=a.num_actors),

@@ -23,8 +23,8 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     if tokenizer.pad_token is None:
         tokenizer.pad_token = tokenizer.eos_token
     model = AutoModelForSequenceClassification.from_pretrained(
-        path, num_labels=1, dtype=DTYPES[resolve_dtype(dtype, torch.cuda.is_available())], use_safetensors=True,
-        trust_remote_code=trust_remote_code,
+        path, num_labels=1, dtype=DTYPES[resolve_dtype(dtype, torch.cuda.is_available())],
+        use_safetensors=True, trust_remote_code=trust_remote_code,
     )
     model.config.pad_token_id = tokenizer.pad_token_id
     return model, tokenizer
