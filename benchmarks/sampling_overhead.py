@@ -1,6 +1,6 @@
 """Pipeline overhead of `bestofl sample` against plain `vllm.LLM.generate`, in one run.
 
-    .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2|PATH] [--questions 24] ...
+    .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2|PATH] [--questions 8] ...
 
 1. plain (own process): import vllm, build the engine, generate every prompt in one call
    (same prompts, seeds and sampling parameters as the pipeline); wall time includes the
@@ -42,7 +42,8 @@ def sample_config(args: argparse.Namespace, model: str, questions: str, output: 
         f"languages=[{args.languages}]", f"n={args.n}", f"limit={limit if limit else 'null'}",
         f"sampling.max_tokens={max_tokens}", f"engine.max_model_len={args.max_model_len}",
         f"actors.batch_size={args.batch_size}", f"group_samples={str(args.group).lower()}",
-        "actors.env_vars={VLLM_ENABLE_V1_MULTIPROCESSING: '%d'}" % (1 - args.in_process), *extra])
+        f"actors.batches_in_flight={args.batches_in_flight}",
+        f"engine.kv_cache_memory_bytes={args.kv_cache_mib * 2**20}", *extra])
 
 
 def plain_vllm(cfg, compare_items: int) -> dict:
@@ -113,8 +114,7 @@ def driver_rss(args: argparse.Namespace, questions: int) -> float:
         model = write_tiny_model(Path(tmp) / "lm")
         overrides = [f"questions=generated:{questions}", f"model={model}", f"output={tmp}/pool",
                      "languages=[en,de]", "n=4", "sampling.max_tokens=4", "engine.max_model_len=512",
-                     "engine.kv_cache_memory_bytes=33554432", "actors.batch_size=64",
-                     'actors.env_vars={VLLM_ENABLE_V1_MULTIPROCESSING: "0"}']
+                     "engine.kv_cache_memory_bytes=33554432", "actors.batch_size=64"]
         out = subprocess.run([sys.executable, "-c", code, str(ROOT), json.dumps(overrides)],
                              capture_output=True, text=True, timeout=3600)
         line = [l for l in out.stdout.splitlines() if l.startswith("RSS_KIB")]
@@ -128,25 +128,24 @@ def main() -> None:
     p.add_argument("--model", default="smollm2", help="smollm2 (converted once into --cache) or a model folder")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "bestofl"))
     p.add_argument("--questions-source", default=str(ROOT.parent / "shared" / "data" / "mgsm"))
-    p.add_argument("--questions", type=int, default=24, help="MGSM questions (limit)")
-    p.add_argument("--languages", default="en,de,zh")
+    # Defaults: a plain run of ~3 minutes on 2 CPU cores, two actor batches.
+    p.add_argument("--questions", type=int, default=8, help="MGSM questions (limit)")
+    p.add_argument("--languages", default="en,de")
     p.add_argument("--n", type=int, default=4)
-    p.add_argument("--max-tokens", type=int, default=256)
+    p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=16, help="work items per actor call")
+    p.add_argument("--batch-size", type=int, default=8, help="work items per actor call")
+    p.add_argument("--batches-in-flight", type=int, default=2, help="actor calls one engine serves at once")
+    p.add_argument("--kv-cache-mib", type=int, default=2048,
+                   help="KV cache of both engines: room for every sequence, so neither preempts")
     p.add_argument("--group", type=int, default=1, help="1: n=N per request, 0: N seeded requests")
-    p.add_argument("--compare-items", type=int, default=16,
+    p.add_argument("--compare-items", type=int, default=4,
                    help="work items for the n=N vs N-seeded-requests comparison")
-    p.add_argument("--in-process", type=int, default=0,
-                   help="1: engine core inside the actor/process (VLLM_ENABLE_V1_MULTIPROCESSING=0), both "
-                        "sides. Slow in a Ray Data actor on CPUs: the UDF runs on another thread than "
-                        "the one vLLM pinned to the cores (measured 0.57 against 0 here)")
     p.add_argument("--memory-questions", type=int, default=200, help="1x size of the RSS check (10x also runs)")
     p.add_argument("--skip-memory", action="store_true")
     p.add_argument("--plain-only", action="store_true", help=argparse.SUPPRESS)
     args = p.parse_args()
     args.group = bool(args.group)
-    os.environ["VLLM_ENABLE_V1_MULTIPROCESSING"] = "0" if args.in_process else "1"  # plain side
 
     model = args.model
     if model == "smollm2":
@@ -180,7 +179,8 @@ def main() -> None:
             ("bestofl sample, 1 actor (Ray + engine start)", summary["new_samples"],
              summary["generated_tokens"], pipe_s, pipe_tok_s)]
     print(f"\nmodel {model}, {args.questions} questions x [{args.languages}] x n={args.n}, "
-          f"max_tokens {args.max_tokens}, group_samples={args.group}, in-process engine={bool(args.in_process)}")
+          f"max_tokens {args.max_tokens}, group_samples={args.group}, batch_size {args.batch_size}, "
+          f"batches_in_flight {args.batches_in_flight}, KV cache {args.kv_cache_mib} MiB")
     print(f"{'side':<46} {'samples':>8} {'tokens':>8} {'seconds':>8} {'tok/s':>8}")
     for name, samples, tokens, secs, rate in rows:
         print(f"{name:<46} {samples:>8} {tokens:>8} {secs:>8.1f} {rate:>8.1f}")

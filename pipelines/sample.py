@@ -1,7 +1,7 @@
 """`bestofl sample`: questions -> candidate pool, with vLLM engines on Ray Data actors.
 
     questions (driver) -> work items (qid, question_lang, response_lang, indices to draw)
-        -> from_items -> map_batches(Sampler: one vllm.LLM per actor, ActorPoolStrategy)
+        -> from_items -> map_batches(Sampler: one vLLM engine per actor, batches_in_flight calls at once)
         -> driver writes each finished batch as Parquet parts (partitioned by response_lang)
 
 Resumable: a rerun into an unfinished output draws only the sample indices it lacks, so a
@@ -66,7 +66,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
         ds = ray.data.from_items(items, override_num_blocks=blocks).map_batches(
             sampling.Sampler, fn_constructor_kwargs={"cfg": cfg, "model": model},
             batch_size=a.batch_size, batch_format="pyarrow",
-            compute=ray.data.ActorPoolStrategy(size=a.num_actors),
+            compute=ray.data.ActorPoolStrategy(
+                size=a.num_actors, max_concurrent_calls_per_actor=a.batches_in_flight),
             num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=a.resources or None,
             runtime_env={"env_vars": dict(a.env_vars)} if a.env_vars else None)
         with tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True) as bar:

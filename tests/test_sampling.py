@@ -9,13 +9,16 @@ n=N-in-one-request (parallel) against N seeded requests (forcing)).
 """
 from __future__ import annotations
 
+import asyncio
 import json
 import os
 import signal
 import threading
 import time
 from pathlib import Path
+from types import SimpleNamespace
 
+import pyarrow as pa
 import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import pytest
@@ -32,7 +35,6 @@ pytestmark = pytest.mark.slow
 LANGS = ["en", "de", "zh"]
 N = 2
 LONG_QID = "zz-long"
-ENGINE_ENV = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}  # engine in the actor: one vLLM import, not two
 
 
 # ---------------------------------------------------------------- no engine needed
@@ -110,6 +112,46 @@ def test_unknown_model_or_language_fails_fast_with_nothing_written(tmp_path, mgs
     assert time.perf_counter() - start < 60 and not out.exists()
 
 
+class FaultyEngine:
+    """Stands in for AsyncLLM only to inject faults: `fail` maps a seed to what its request raises."""
+
+    def __init__(self, fail: dict[int, BaseException]):
+        self.fail = fail
+
+    async def generate(self, prompt, params, request_id):
+        if params.seed in self.fail:
+            raise self.fail[params.seed]
+        yield SimpleNamespace(outputs=[SimpleNamespace(
+            index=i, text="So the answer is 3.", token_ids=[1, 2, 3], finish_reason="stop")
+            for i in range(params.n)])
+
+
+def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm):
+    from transformers import AutoTokenizer
+    from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
+
+    items = [{"qid": q, "question_lang": "en", "response_lang": "en", "question": "1 + 2?",
+              "gold": "3", "sample_idxs": [0, 1]} for q in ("q-bad", "q-good")]
+    bad_seed = sampling.sample_seed(0, "q-bad", "en", "en", 0)
+    wrapped = EngineGenerateError()
+    wrapped.__cause__ = ValueError("sampling parameters rejected")
+    sampler = sampling.Sampler.__new__(sampling.Sampler)  # no engine start: the fault is the point
+    sampler.cfg, sampler.model, sampler.requests_sent = _cfg("n=2"), "m", 0
+    sampler.tokenizer, sampler.max_model_len = AutoTokenizer.from_pretrained(tiny_lm), 1024
+    sampler.engine = FaultyEngine({bad_seed: wrapped})
+
+    rows = {(r["qid"], r["sample_idx"]): r for r in asyncio.run(sampler(pa.Table.from_pylist(items))).to_pylist()}
+    assert sorted(rows) == [("q-bad", 0), ("q-bad", 1), ("q-good", 0), ("q-good", 1)]
+    for i in (0, 1):
+        assert rows["q-bad", i]["error"] == "ValueError: sampling parameters rejected"
+        assert rows["q-bad", i]["response"] == "" and rows["q-bad", i]["correct"] is None
+        good = rows["q-good", i]
+        assert good["error"] is None and good["correct"] and good["num_tokens"] == 3
+    sampler.engine = FaultyEngine({bad_seed: EngineDeadError()})  # no engine: the job stops
+    with pytest.raises(EngineDeadError):
+        asyncio.run(sampler(pa.Table.from_pylist(items)))
+
+
 def test_resume_refuses_other_sampling_settings(tmp_path):
     cfg = _cfg(f"output={tmp_path}", "seed=1")
     storage.save_config(str(tmp_path), _cfg(f"output={tmp_path}", "seed=0"))
@@ -136,8 +178,7 @@ def _run_cfg(questions_file, tiny_lm, output, *overrides):
     cfg = load_config("sample", None, [
         f"questions={questions_file}", f"model={tiny_lm}", f"output={output}", f"languages={LANGS}",
         f"n={N}", "sampling.max_tokens=12", "engine.max_model_len=1024",
-        "engine.kv_cache_memory_bytes=33554432", "actors.batch_size=2",
-        f"actors.env_vars={json.dumps(ENGINE_ENV)}", *overrides])
+        "engine.kv_cache_memory_bytes=33554432", "actors.batch_size=2", *overrides])
     return run, cfg
 
 
