@@ -1,6 +1,6 @@
 """Pipeline overhead of `bestofl sample` against plain `vllm.LLM.generate`, in one run.
 
-    .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2|PATH] [--questions 8] ...
+    .venv/bin/python benchmarks/sampling_overhead.py [--model smollm2|PATH] [--questions 16] ...
 
 1. plain (own process): import vllm, build the engine, generate every prompt in one call
    (same prompts, seeds and sampling parameters as the pipeline); wall time includes the
@@ -128,14 +128,15 @@ def main() -> None:
     p.add_argument("--model", default="smollm2", help="smollm2 (converted once into --cache) or a model folder")
     p.add_argument("--cache", default=str(ROOT / ".cache" / "bestofl"))
     p.add_argument("--questions-source", default=str(ROOT.parent / "shared" / "data" / "mgsm"))
-    # Defaults: a plain run of ~3 minutes on 2 CPU cores, two actor batches.
-    p.add_argument("--questions", type=int, default=8, help="MGSM questions (limit)")
+    # Defaults: a plain run of ~4 minutes on 2 CPU cores (engine start ~1 min); conf/sample.yaml's actors.
+    p.add_argument("--questions", type=int, default=16, help="MGSM questions (limit)")
     p.add_argument("--languages", default="en,de")
     p.add_argument("--n", type=int, default=4)
     p.add_argument("--max-tokens", type=int, default=128)
     p.add_argument("--max-model-len", type=int, default=2048)
-    p.add_argument("--batch-size", type=int, default=8, help="work items per actor call")
-    p.add_argument("--batches-in-flight", type=int, default=2, help="actor calls one engine serves at once")
+    p.add_argument("--batch-size", type=int, default=16, help="work items per actor call (conf default)")
+    p.add_argument("--batches-in-flight", type=int, default=2, help="actor calls one engine serves at once "
+                   "(conf default); with --batch-size, what the engine holds: keep it >= its max_num_seqs")
     p.add_argument("--kv-cache-mib", type=int, default=2048,
                    help="KV cache of both engines: room for every sequence, so neither preempts")
     p.add_argument("--group", type=int, default=1, help="1: n=N per request, 0: N seeded requests")

@@ -166,11 +166,15 @@ class Sampler:
 
     def __init__(self, cfg: SampleConfig, model: str):
         from vllm import AsyncEngineArgs
+        from vllm.usage.usage_lib import UsageContext
         from vllm.v1.engine.async_llm import AsyncLLM
 
         self.cfg, self.model = cfg, model
+        # LLM_CLASS: vllm.LLM's offline-batch scheduler limits (e.g. 1024 sequences on an
+        # H100, not the server default of 128), while calls still arrive asynchronously.
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(cfg)}))
+            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(cfg)}),
+            usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.requests_sent = 0
