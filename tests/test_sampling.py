@@ -76,18 +76,30 @@ def _cfg(*overrides):
     return load_config("sample", None, ["questions=q", "model=m", "output=o", *overrides])
 
 
+def _engine_args(*overrides):
+    cfg = _cfg(*overrides)
+    return sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)
+
+
 def test_engine_args_follow_the_platform():
-    cpu = sampling.engine_args(_cfg("engine.enable_chunked_prefill=true", "engine.extra={max_num_seqs: 8}"))
+    cpu = _engine_args("engine.enable_chunked_prefill=true", "engine.extra={max_num_seqs: 8}")
     assert cpu["kv_cache_memory_bytes"] == 256 * 2**20 and cpu["enable_chunked_prefill"] is False
     assert "gpu_memory_utilization" not in cpu and cpu["max_num_seqs"] == 8
-    gpu = sampling.engine_args(_cfg("actors.num_gpus=2", "engine.tensor_parallel_size=2",
-                                    "engine.kv_cache_memory_bytes=null"))
+    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2",
+                       "engine.kv_cache_memory_bytes=null")
     assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
     # dtype auto: bf16 on GPUs; on CPUs only where bf16 is native (AVX2 emulates it, slowly)
     assert gpu["dtype"] == "bfloat16"
     assert cpu["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
-    assert sampling.engine_args(_cfg("engine.dtype=float32", "actors.num_gpus=1"))["dtype"] == "float32"
+    assert _engine_args("engine.dtype=float32", "actors.num_gpus=1")["dtype"] == "float32"
+    assert cpu["seed"] == 0
+    # serve's generator: the same rules, no run seed
+    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1",
+                                        "engine.kv_cache_memory_bytes=null"])
+    gen = sampling.engine_args(serve.generator, serve.engine, serve.generator_num_gpus)
+    assert gen["model"] == "lm" and gen["dtype"] == "bfloat16" and "seed" not in gen
+    assert gen["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gen
 
 
 @pytest.mark.parametrize("overrides,message", [
