@@ -13,12 +13,12 @@ from typing import Any
 import pyarrow.parquet as pq
 
 from bestofl import storage
+from bestofl.compare import PER_QUESTION_FILE
 from bestofl.evaluation import POOLS, Evaluation, per_question_table, verdict
 
 PLOT_FILE = "accuracy_vs_budget.png"
 TOKENS_PLOT_FILE = "accuracy_vs_tokens.png"
 FOREST_PLOT_FILE = "differences.png"
-PER_QUESTION_FILE = "per_question.parquet"
 _EXACT = {"random": "random", "oracle": "oracle", "rm_best": "rm_best (order statistics)"}
 
 
