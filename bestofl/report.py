@@ -332,12 +332,13 @@ def summary(ev: Evaluation) -> str:
         lines.append(f"  {t:<4} k={k:<3} " + "  ".join(parts))
     out = ["cross - mono (points, paired interval) at the largest budget both pools reach:"]
     out += lines
-    wins = [d for d in ev.mean_differences if d["ci_low"] > 0]
-    losses = [d for d in ev.mean_differences if d["ci_high"] < 0]
     if ev.mean_differences:
-        out.append("mean over targets: cross beats mono for "
-                   + (", ".join(f"{d['selector']}@{d['budget']}" for d in wins) or "none")
-                   + "; mono beats cross for "
-                   + (", ".join(f"{d['selector']}@{d['budget']}" for d in losses) or "none")
-                   + "; elsewhere the interval includes 0")
+        out.append("mean over targets (budgets where the paired interval excludes 0):")
+    for sel in ev.selectors:
+        mine = [d for d in ev.mean_differences if d["selector"] == sel]
+        if not mine:
+            continue
+        wins = ",".join(str(d["budget"]) for d in mine if d["ci_low"] > 0) or "none"
+        losses = ",".join(str(d["budget"]) for d in mine if d["ci_high"] < 0) or "none"
+        out.append(f"  {sel:<11} cross beats mono at k={wins}; mono beats cross at k={losses}")
     return "\n".join(out)
