@@ -543,26 +543,21 @@ def evaluate(table: pa.Table, cfg: Any, rm_info: Mapping[str, Any] | None = None
 
 def per_question_table(ev: Evaluation) -> pa.Table:
     """per_question.parquet: target_lang, pool, selector, budget, qid, accuracy (expected)."""
-    parts = {"target_lang": [], "pool": [], "selector": [], "budget": [], "qid": [],
-             "accuracy": []}
-    qids = np.array(ev.qids, dtype=object)
-    for (t, pool, sel, k), v in ev.values.items():
-        qi = ev.plans[(t, pool)].questions
-        parts["target_lang"].append(np.full(len(qi), t, dtype=object))
-        parts["pool"].append(np.full(len(qi), pool, dtype=object))
-        parts["selector"].append(np.full(len(qi), sel, dtype=object))
-        parts["budget"].append(np.full(len(qi), k, dtype=np.int64))
-        parts["qid"].append(qids[qi])
-        parts["accuracy"].append(np.asarray(v, dtype=np.float64))
-    if not ev.values:
-        return pa.table({"target_lang": pa.array([], pa.string()), "pool": pa.array([], pa.string()),
-                         "selector": pa.array([], pa.string()), "budget": pa.array([], pa.int64()),
-                         "qid": pa.array([], pa.string()), "accuracy": pa.array([], pa.float64())})
-    cols = {}
-    for name, chunks in parts.items():
-        data = np.concatenate(chunks)
-        if data.dtype == object:
-            cols[name] = pa.array(data, pa.string()).dictionary_encode()
-        else:
-            cols[name] = pa.array(data)
-    return pa.table(cols)
+    keys = list(ev.values)
+    sizes = [ev.plans[(t, pool)].n_questions for t, pool, _, _ in keys]
+    row_of = np.repeat(np.arange(len(keys)), sizes)
+
+    def labels(i: int) -> pa.DictionaryArray:
+        names = sorted({key[i] for key in keys})
+        code = np.array([names.index(key[i]) for key in keys], dtype=np.int32)
+        return pa.DictionaryArray.from_arrays(pa.array(code[row_of]), pa.array(names, pa.string()))
+
+    qi = np.concatenate([ev.plans[(t, pool)].questions for t, pool, _, _ in keys]) \
+        if keys else np.zeros(0, dtype=np.int64)
+    return pa.table({
+        "target_lang": labels(0), "pool": labels(1), "selector": labels(2),
+        "budget": pa.array(np.array([key[3] for key in keys], dtype=np.int64)[row_of]),
+        "qid": pa.DictionaryArray.from_arrays(pa.array(qi.astype(np.int32)),
+                                              pa.array(ev.qids, pa.string())),
+        "accuracy": pa.array(np.concatenate([ev.values[key] for key in keys])
+                             if keys else np.zeros(0))})
