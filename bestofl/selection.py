@@ -240,10 +240,14 @@ def expected_rm_best(lang: np.ndarray, n: np.ndarray, correct: np.ndarray,
     lf = _log_factorial(int(n.max(initial=0)))
     c = (correct & (lang >= 0)).astype(np.float64)
     step_c = np.concatenate([c[:, 1:], np.zeros((q, 1))], axis=1) - c
-    # Only prefixes after which correctness changes contribute.
-    cols = np.flatnonzero(np.any(step_c != 0, axis=0))
-    step_c = step_c[:, cols]
-    seen = np.cumsum(lang[:, :, None] == np.arange(n_lang), axis=1)[:, cols]  # (Q, C, L)
+    # Only prefixes after which correctness changes contribute: keep those per question
+    # (padded with a zero step at the last position).
+    flips = step_c != 0
+    cols = np.argsort(~flips, axis=1, kind="stable")[:, :max(1, int(flips.sum(axis=1).max()))]
+    cols = np.where(np.take_along_axis(flips, cols, 1), cols, width - 1)
+    step_c = np.where(np.take_along_axis(flips, cols, 1), np.take_along_axis(step_c, cols, 1), 0.0)
+    seen = np.cumsum(lang[:, :, None] == np.arange(n_lang), axis=1)
+    seen = np.take_along_axis(seen, cols[:, :, None], 1)  # (Q, C, L)
     cache: dict[tuple[int, int], np.ndarray] = {}
 
     def factor(lang_: int, v: int) -> np.ndarray:
@@ -258,18 +262,19 @@ def expected_rm_best(lang: np.ndarray, n: np.ndarray, correct: np.ndarray,
 
 
 # ------------------------------------------------------------------ Monte Carlo votes
-@numba.njit(cache=True)
+@numba.njit(cache=True, parallel=True)
 def _vote_kernel(cls, weight, lang_rank, slots, n_items, rand_items, rand_langs, plan_q,
                  rounds, round_len, in_round, target, shuffle, record, n_class, out):  # pragma: no cover
     n_draws, q_count, n_lang = rand_langs.shape
-    perm = np.empty(slots.shape[1:], dtype=np.int64)
-    lang_perm = np.empty(n_lang, dtype=np.int64)
-    seq = np.empty(n_lang, dtype=np.int64)
-    totals = np.zeros((3, n_class))
-    top = np.zeros(3)
-    n_top = np.ones(3, dtype=np.int64)
-    for d in range(n_draws):
-        for q in range(q_count):
+    # Questions in parallel: each writes only its own out[..., q].
+    for q in numba.prange(q_count):
+        perm = np.empty(slots.shape[1:], dtype=np.int64)
+        lang_perm = np.empty(n_lang, dtype=np.int64)
+        seq = np.empty(n_lang, dtype=np.int64)
+        totals = np.zeros((3, n_class))
+        top = np.zeros(3)
+        n_top = np.ones(3, dtype=np.int64)
+        for d in range(n_draws):
             for lang in range(n_lang):  # Fisher-Yates from the supplied uniforms
                 m = n_items[q, lang]
                 for i in range(m):
