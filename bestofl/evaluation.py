@@ -325,11 +325,17 @@ def _selectors(arrays: PoolArrays, cfg: Any, notices: list[str]) -> list[str]:
         elif provenance == "in_sample":
             notices.append("WARNING: score_provenance=in_sample: the reward model saw these "
                            "questions in training; rm_best / rm_vote accuracies are optimistic")
+    if len(arrays.qids) < 2:
+        if cfg.calibrate:
+            raise ValueError("calibrate=true fits its calibration out of fold: it needs at "
+                             "least 2 questions with a gold answer")
+        skipped = [s for s in selectors if s in NEEDS_FOLDS]
+        selectors = [s for s in selectors if s not in NEEDS_FOLDS]
+        if skipped:
+            notices.append(f"one question: {', '.join(skipped)} skipped (their statistics are "
+                           f"fitted on the other questions)")
     if not selectors:
         raise ValueError(f"no selector left to evaluate (asked for {list(cfg.selectors)})")
-    if len(arrays.qids) < 2 and (NEEDS_FOLDS & set(selectors) or cfg.calibrate):
-        raise ValueError("rm_vote, lang_prior and calibrate fit statistics out of fold: they "
-                         "need at least 2 questions with a gold answer")
     return selectors
 
 

@@ -87,6 +87,7 @@ def _headline(ev: Evaluation) -> list[tuple[str, int, str, dict[str, Any]]]:
 def report_markdown(ev: Evaluation, cfg: Any) -> str:
     rows = _lookup(ev)
     diffs = _diffs(ev)
+    tokens = bool(ev.results) and "tokens" in ev.results[0]
     out = ["# Best-of-L evaluation", "", _method(ev, cfg), ""]
     if ev.notices:
         out += ["## Notices", ""] + [f"- {n}" for n in ev.notices] + [""]
@@ -123,8 +124,9 @@ def report_markdown(ev: Evaluation, cfg: Any) -> str:
                 f"The pool holds {mono.capacity} responses per question in "
                 f"{t} and {cross.capacity} across L.", "",
                 "| k | " + " | ".join(f"{s} {p}" for s in ev.selectors for p in POOLS)
-                + " | " + " | ".join(f"{s} cross - mono" for s in ev.selectors) + " |",
-                "|---|" + "---|" * (3 * len(ev.selectors))]
+                + " | " + " | ".join(f"{s} cross - mono" for s in ev.selectors)
+                + (" | tokens mono | tokens cross" if tokens else "") + " |",
+                "|---|" + "---|" * (3 * len(ev.selectors) + 2 * tokens)]
         for k in ev.budgets:
             cells = []
             for s in ev.selectors:
@@ -134,6 +136,9 @@ def report_markdown(ev: Evaluation, cfg: Any) -> str:
                                  f"[{_pct(r['ci_low'])}, {_pct(r['ci_high'])}]")
             cells += [_diff_text(diffs[(t, s, k)]) if (t, s, k) in diffs else ""
                       for s in ev.selectors]
+            if tokens:
+                cells += [f"{rows[(t, p, ev.selectors[0], k)]['tokens']:.0f}"
+                          if (t, p, ev.selectors[0], k) in rows else "" for p in POOLS]
             out.append(f"| {k} | " + " | ".join(cells) + " |")
         out += ["", "Cross-lingual draw per budget: " + "; ".join(
             f"k={k}: {cross.describe(k)}" for k in cross.budgets

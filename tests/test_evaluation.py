@@ -167,6 +167,9 @@ def test_questions_without_gold_are_left_out(pool_rows):
     ev = evaluate(to_table(rows), cfg_for(selectors=["oracle"]))
     assert {r["n_questions"] for r in ev.results} == {11}
     assert any("1 question(s) without a gold answer" in n for n in ev.notices)
+    single = evaluate(to_table([r for r in pool_rows if r["qid"] == "q00"]), cfg_for())
+    assert "lang_prior" not in single.selectors and "majority" in single.selectors
+    assert any("one question: rm_vote, lang_prior skipped" in n for n in single.notices)
 
 
 def test_unscored_pool_skips_rm_selectors(pool_rows):
@@ -269,7 +272,7 @@ def test_filters_and_mixed_pools(pool_rows):
     assert any("2 question(s) the reward model trained on" in n for n in ev.notices)
 
 
-def test_token_budgets():
+def test_token_budgets(tmp_path):
     rows = make_rows(n_questions=6, langs=["de", "en"])
     rows = [dict(r, num_tokens=100 if r["response_lang"] == "de" else 300) for r in rows]
     ev = evaluate(to_table(rows), cfg_for(selectors=["oracle"], budget_unit="tokens",
@@ -278,6 +281,14 @@ def test_token_budgets():
     assert tok[("de", "mono", 2)] == pytest.approx(200)
     assert tok[("de", "cross", 2)] == pytest.approx(400)  # one de + one en
     assert tok[("en", "cross", 3)] == pytest.approx(300 + 300 + 100)  # en:2 de:1
+    from bestofl.report import report_markdown, write_report
+
+    md = report_markdown(ev, cfg_for(selectors=["oracle"], budget_unit="tokens"))
+    assert "| tokens mono | tokens cross |" in md and "| 2 | " in md
+    write_report(str(tmp_path), ev, cfg_for(selectors=["oracle"], budget_unit="tokens",
+                                            plots="true"))
+    assert (tmp_path / "accuracy_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
     with pytest.raises(ValueError, match="num_tokens"):
         evaluate(to_table(make_rows(n_questions=3)), cfg_for(budget_unit="tokens"))
 
