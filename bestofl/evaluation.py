@@ -43,7 +43,7 @@ from bestofl import bootstrap, storage
 from bestofl.folds import assign_folds, language_ranks, platt
 from bestofl.languages import resolve_languages
 from bestofl.pool import IDENTITY
-from bestofl.selection import (EXACT, MIN_WEIGHT, NEEDS_SCORES, VOTES, Draw, Schedule,
+from bestofl.selection import (MIN_WEIGHT, NEEDS_SCORES, VOTES, Draw, Schedule,
                                expected_oracle, expected_random, expected_rm_best,
                                expected_votes)
 

@@ -264,7 +264,7 @@ def expected_rm_best(lang: np.ndarray, n: np.ndarray, correct: np.ndarray,
 # ------------------------------------------------------------------ Monte Carlo votes
 @numba.njit(cache=True, parallel=True)
 def _vote_kernel(cls, weight, lang_rank, slots, n_items, rand_items, rand_langs, plan_q,
-                 rounds, round_len, in_round, target, shuffle, record, n_class, out):  # pragma: no cover
+                 rounds, round_len, in_round, target, shuffle, record, n_class, out):
     n_draws, q_count, n_lang = rand_langs.shape
     # Questions in parallel: each writes only its own out[..., q].
     for q in numba.prange(q_count):
@@ -374,7 +374,8 @@ def expected_votes(cls: np.ndarray, weight: np.ndarray, lang_rank: np.ndarray,
     rounds = np.full((len(keys), n_rounds, n_lang), -1, dtype=np.int64)
     round_len = np.zeros((len(keys), n_rounds + 1), dtype=np.int64)
     in_round = np.zeros((len(keys), n_rounds, n_lang), dtype=np.bool_)
-    record = np.full((len(keys), k_max + n_lang + 1), -1, dtype=np.int64)  # a round may run past k_max
+    # Budget slot recorded after each step (-1: none); a round may run past k_max.
+    record = np.full((len(keys), k_max + n_lang + 1), -1, dtype=np.int64)
     plan_q = np.zeros((len(keys), q), dtype=np.bool_)
     for p, key in enumerate(keys):
         sched, questions, budgets = plans[key]
