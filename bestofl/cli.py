@@ -27,6 +27,7 @@ HELP = {
     "score": "candidate pool + reward model -> pool with `score` (Ray Data)",
     "evaluate": "scored or unscored pool -> report (selector x budget x language)",
     "serve": "the selector endpoint (Ray Serve)",
+    "compare": "two evaluate reports -> paired differences of every shared row",
     "submit": "run any command as a Ray job on a cluster",
     "demo": "the whole loop on one machine, offline",
     "tiny-model": "write a tiny random causal LM or reward model (tests, smoke runs)",
@@ -84,6 +85,8 @@ def main(argv: Sequence[str] | None = None) -> int:
             return _import_command(rest)
         if command == "tiny-model":
             return _tiny_model_command(rest)
+        if command == "compare":
+            return importlib.import_module("bestofl.compare").main(rest)
         if command == "submit":
             from bestofl.submit import main as submit_main
 

@@ -237,10 +237,16 @@ class EvaluateConfig:
     output: str = MISSING
     selectors: list[str] = MISSING
     budgets: list[int] = field(default_factory=list)  # empty: 1, 2, 4, ... up to what the pool holds
+    budget_unit: str = MISSING  # responses | tokens (also report expected generated tokens)
     languages: list[str] = field(default_factory=list)  # target languages; empty: those of L
-    cross_languages: list[str] = field(default_factory=list)  # the set L, round-robin order; empty: all in the pool
-    allocation: str = MISSING  # round_robin | weighted
-    calibrate: bool = MISSING  # per-language score standardisation from the RM's statistics
+    cross_languages: list[str] = field(default_factory=list)  # the set L; empty: all in the pool
+    allocation: str = MISSING  # uniform | round_robin
+    order: list[str] = field(default_factory=list)  # round_robin: the fixed language order of a round
+    question_langs: list[str] = field(default_factory=list)  # filters; empty: all (warns if mixed)
+    models: list[str] = field(default_factory=list)
+    methods: list[str] = field(default_factory=list)
+    calibrate: bool = MISSING  # rm_best ranks by out-of-fold calibrated P(correct)
+    folds: int = MISSING  # K of the out-of-fold statistics (calibration, language prior)
     rm_stats: Optional[str] = MISSING  # reward-model folder holding bestofl_rm.json
     bootstrap: int = MISSING
     confidence: float = MISSING
@@ -248,7 +254,7 @@ class EvaluateConfig:
     seed: int = MISSING
     plots: bool = MISSING
     overwrite: bool = MISSING
-    score_provenance: Optional[str] = MISSING  # cross_fit | held_out | in_sample; null: unknown (warns)
+    score_provenance: Optional[str] = MISSING  # cross_fit | held_out | in_sample; null: the pool's record, else unknown (warns)
 
     def check(self) -> None:
         from bestofl.selection import SELECTORS
@@ -259,8 +265,16 @@ class EvaluateConfig:
                              f"got {self.selectors}")
         if any(k < 1 for k in self.budgets):
             raise ValueError(f"budgets must be >= 1, got {self.budgets}")
-        if self.allocation not in ("round_robin", "weighted"):
-            raise ValueError(f"allocation must be 'round_robin' or 'weighted', got {self.allocation!r}")
+        if self.allocation == "weighted":
+            raise ValueError("allocation=weighted was removed: its per-language weights were "
+                             "fitted on the evaluated questions' labels; use uniform or "
+                             "round_robin, and the lang_prior selector for a language prior")
+        if self.allocation not in ("uniform", "round_robin"):
+            raise ValueError(f"allocation must be 'uniform' or 'round_robin', got {self.allocation!r}")
+        if self.budget_unit not in ("responses", "tokens"):
+            raise ValueError(f"budget_unit must be 'responses' or 'tokens', got {self.budget_unit!r}")
+        if self.folds < 2:
+            raise ValueError(f"folds must be >= 2, got {self.folds}")
         if self.score_provenance not in (None, "cross_fit", "held_out", "in_sample"):
             raise ValueError("score_provenance must be cross_fit, held_out, in_sample or null, "
                              f"got {self.score_provenance!r}")

@@ -5,6 +5,7 @@ job entrypoint it runs on the head node and reads the pool from any pyarrow URI.
 """
 from __future__ import annotations
 
+import json
 import sys
 from typing import Any, Sequence
 
@@ -22,6 +23,8 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
         raise storage.OutputExistsError(
             f"{cfg.output} already holds a finished result; pass overwrite=true to replace it")
     table = read_pool(cfg.input)
+    if cfg.score_provenance is None:
+        cfg.score_provenance = recorded_provenance(cfg.input)
     rm_info = load_rm_info(cfg.rm_stats) if cfg.rm_stats else None
     ev = evaluate(table, cfg, rm_info)
     storage.prepare_output(cfg.output, cfg.overwrite)
@@ -33,6 +36,19 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     print(summary(ev))
     print(f"report: {storage.join(cfg.output, 'report.md')}")
     return report
+
+
+def recorded_provenance(pool: str) -> str | None:
+    """The score provenance a scored pool records in its `_SUCCESS` summary (train-rm cv=K
+    writes "cross_fit" for its out-of-fold pool), or None."""
+    marker = storage.join(pool, storage.FINISHED)
+    if not storage.exists(marker):
+        return None
+    try:
+        value = json.loads(storage.read_text(marker) or "{}").get("score_provenance")
+    except (json.JSONDecodeError, AttributeError):
+        return None
+    return value if value in ("cross_fit", "held_out", "in_sample") else None
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -3,14 +3,16 @@ from __future__ import annotations
 
 import json
 import random
-from collections import Counter
 
 import numpy as np
+import pandas as pd
 import pytest
 
+from bestofl import bootstrap
 from bestofl.cli import main as cli_main
 from bestofl.config import ConfigError, load_config
-from bestofl.evaluation import allocation, allocation_order, default_budgets, evaluate
+from bestofl.evaluation import default_budgets, evaluate, pool_arrays
+from bestofl.selection import Draw, Schedule
 from bestofl.pool import to_table, write_pool
 from bestofl.storage import OutputExistsError
 from pipelines.evaluate import run
@@ -49,32 +51,30 @@ def cfg_for(**overrides):
 
 
 # ------------------------------------------------------------------ allocation
-def test_round_robin_allocation():
-    capacity = {lang: 4 for lang in LANGS}
-    order = allocation_order(LANGS, "fr", capacity)
-    assert order[:4] == ["fr", "sw", "de", "en"]  # starts at the target, wraps around
-    assert allocation(order, 1) == {"fr": 1}
-    assert allocation(order, len(LANGS)) == {lang: 1 for lang in ["fr", "sw", "de", "en"]}
-    for k in range(1, len(order) + 1):
-        shares = allocation(order, k)
-        assert sum(shares.values()) == k  # never more than the budget
-        assert max(shares.values()) - min(shares.get(lang, 0) for lang in LANGS) <= 1  # fair
-    with pytest.raises(ValueError, match="exceeds"):
-        allocation(order, len(order) + 1)
-
-
-def test_allocation_respects_capacity_and_weights():
-    order = allocation_order(LANGS, "de", {"de": 3, "en": 1, "fr": 3, "sw": 0})
-    assert Counter(order) == {"de": 3, "en": 1, "fr": 3}  # exhausted languages are skipped
-    assert order == ["de", "en", "fr", "de", "fr", "de", "fr"]
-    weights = {"de": 0.2, "en": 0.8, "fr": 0.4, "sw": 0.0}
-    order = allocation_order(LANGS, "de", {lang: 10 for lang in LANGS}, weights)
-    assert order[0] == "en"  # the strongest language first
-    shares = allocation(order, 14)
-    assert shares == {"en": 8, "fr": 4, "de": 2}  # proportional to the weights (D'Hondt)
-    assert "sw" not in allocation(order, 30)  # a zero weight waits until the rest run out
-    with pytest.raises(ValueError, match="not in the language set"):
-        allocation_order(["de", "en"], "fr", {"de": 1, "en": 1})
+def test_uniform_schedule_draws():
+    # 4 languages, target 1 (en): rounds of one response per language
+    sched = Schedule(1, ((1, 0, 2, 3),) * 3, True, 4)
+    assert sched.capacity == 12
+    assert sched.draw(1) == Draw((0, 1, 0, 0))
+    d2 = sched.draw(2)  # the target plus one partner chosen uniformly from the other 3
+    assert d2 == Draw((0, 1, 0, 0), (0, 2, 3), 1)
+    assert sorted(d2.allocations()) == [(0, 1, 0, 1), (0, 1, 1, 0), (1, 1, 0, 0)]
+    assert d2.mean().tolist() == [1 / 3, 1, 1 / 3, 1 / 3]
+    assert sched.draw(4) == Draw((1, 1, 1, 1))
+    # k > |L|: floor(k/|L|) each, the remainder by the same rule
+    assert sched.draw(7) == Draw((1, 2, 1, 1), (0, 2, 3), 2)
+    assert all(sum(a) == 7 for a in sched.draw(7).allocations())
+    # unequal capacities: a language drops out of the rounds once it is used up
+    ragged = Schedule(0, ((0, 1, 2), (0, 2), (0,)), True, 3)
+    assert ragged.capacity == 6 and ragged.draw(4) == Draw((2, 1, 1))
+    assert ragged.draw(5) == Draw((2, 1, 2)) and ragged.draw(6) == Draw((3, 1, 2))
+    spent = Schedule(0, ((0, 1, 2), (1, 2)), True, 3)  # the target ran out first
+    assert spent.draw(4) == Draw((1, 1, 1), (1, 2), 1)
+    rr = Schedule(0, ((0, 2, 1),) * 2, False, 3)  # round_robin: the fixed order
+    assert [rr.draw(k) for k in (1, 2, 4)] == [Draw((1, 0, 0)), Draw((1, 0, 1)),
+                                               Draw((2, 1, 1))]
+    with pytest.raises(ValueError, match="outside"):
+        sched.draw(13)
 
 
 def test_default_budgets():
@@ -93,12 +93,15 @@ def test_mono_vs_cross_bookkeeping(pool_rows):
     assert ev.budgets == [1, 2, 4, 8, 16]  # mono holds 4, cross 16
     for t in LANGS:
         mono, cross = ev.plans[(t, "mono")], ev.plans[(t, "cross")]
-        assert mono["budgets"] == [1, 2, 4] and cross["budgets"] == [1, 2, 4, 8, 16]
-        assert all(set(a) == {t} for a in mono["allocation"].values())
-        assert cross["allocation"][4] == {lang: 1 for lang in LANGS}
-        assert cross["allocation"][16] == {lang: 4 for lang in LANGS}
+        assert mono.budgets == [1, 2, 4] and cross.budgets == [1, 2, 4, 8, 16]
+        assert all(mono.describe(k) == f"{t}:{k}" for k in mono.budgets)
+        others = ",".join(x for x in LANGS if x != t)
+        assert cross.describe(2) == f"{t}:1 + 1 of {{{others}}}"
+        assert cross.describe(4) == " ".join(f"{x}:1" for x in LANGS)
+        assert cross.describe(16) == " ".join(f"{x}:4" for x in LANGS)
         for sel in ev.selectors:  # k=1: both draw one response in t (same random numbers)
-            assert np.array_equal(ev.values[(t, "mono", sel, 1)], ev.values[(t, "cross", sel, 1)])
+            np.testing.assert_allclose(ev.values[(t, "mono", sel, 1)],
+                                       ev.values[(t, "cross", sel, 1)], atol=1e-12)
     # Full cross budget = every response of the question: plain recomputation.
     by_q: dict[str, list] = {}
     for r in pool_rows:
@@ -114,7 +117,19 @@ def test_mono_vs_cross_bookkeeping(pool_rows):
         assert got[(t, "cross", "rm_best", 16)] == pytest.approx(best)
         mono_rate = np.mean([r["correct"] for r in pool_rows if r["response_lang"] == t])
         assert got[(t, "mono", "random", 1)] == pytest.approx(mono_rate)
-    assert len(ev.results) == len(LANGS) * 5 * (3 + 5)
+    assert len(ev.results) == len(LANGS) * 6 * (3 + 5)
+    # paired differences: cross - mono on every shared budget, and their mean over targets
+    assert len(ev.differences) == len(LANGS) * 6 * 3
+    for d in ev.differences:
+        key = (d["target_lang"], d["selector"], d["budget"])
+        assert d["diff"] == pytest.approx(got[(key[0], "cross", key[1], key[2])] -
+                                          got[(key[0], "mono", key[1], key[2])])
+        assert d["ci_low"] <= d["ci_high"]
+        if d["budget"] == 1:  # both arms draw one response in t: identical, so exactly 0
+            assert d["diff"] == pytest.approx(0) and d["ci_low"] == pytest.approx(0)
+    means = {(d["selector"], d["budget"]): d for d in ev.mean_differences}
+    assert means[("oracle", 4)]["diff"] == pytest.approx(np.mean(
+        [d["diff"] for d in ev.differences if d["selector"] == "oracle" and d["budget"] == 4]))
 
 
 def test_ragged_pool_questions_and_capacity(pool_rows):
@@ -122,10 +137,11 @@ def test_ragged_pool_questions_and_capacity(pool_rows):
     rows = [r for r in rows if not (r["qid"] == "q01" and r["response_lang"] == "en"
                                     and r["sample_idx"] == 3)]
     ev = evaluate(to_table(rows), cfg_for(selectors=["random", "oracle"]))
-    assert ev.plans[("sw", "mono")]["n_questions"] == 11  # q00 has nothing in sw
-    assert ev.plans[("de", "mono")]["n_questions"] == 12
-    assert ev.plans[("en", "mono")]["capacity"] == 3  # q01 holds 3 in en
-    assert ev.plans[("de", "cross")]["capacity"] == 4 + 3 + 4 + 0  # sw: q00 holds none
+    assert ev.plans[("sw", "mono")].n_questions == 11  # q00 has nothing in sw
+    assert ev.plans[("de", "mono")].n_questions == 12
+    assert ev.plans[("en", "mono")].capacity == 3  # q01 holds 3 in en
+    assert ev.plans[("de", "cross")].capacity == 4 + 3 + 4 + 0  # sw: q00 holds none
+    assert ev.plans[("de", "cross")].describe(11) == "de:4 en:3 fr:4"
     assert any("leaves out ['sw']" in n for n in ev.notices)
     assert all(r["n_questions"] == (11 if r["target_lang"] == "sw" else 12) for r in ev.results)
 
@@ -150,12 +166,15 @@ def test_questions_without_gold_are_left_out(pool_rows):
     ev = evaluate(to_table(rows), cfg_for(selectors=["oracle"]))
     assert {r["n_questions"] for r in ev.results} == {11}
     assert any("1 question(s) without a gold answer" in n for n in ev.notices)
+    single = evaluate(to_table([r for r in pool_rows if r["qid"] == "q00"]), cfg_for())
+    assert "lang_prior" not in single.selectors and "majority" in single.selectors
+    assert any("one question: rm_vote, lang_prior skipped" in n for n in single.notices)
 
 
 def test_unscored_pool_skips_rm_selectors(pool_rows):
     rows = [dict(r, score=None) for r in pool_rows]
     ev = evaluate(to_table(rows), cfg_for())
-    assert ev.selectors == ["random", "majority", "oracle"]
+    assert ev.selectors == ["random", "majority", "lang_prior", "oracle"]
     assert any("rm_best, rm_vote skipped" in n for n in ev.notices)
     with pytest.raises(ValueError, match="no selector left"):
         evaluate(to_table(rows), cfg_for(selectors=["rm_best"]))
@@ -176,19 +195,101 @@ def test_calibration_repairs_shifted_scores():
     # fr answers badly but its scores are shifted up: uncalibrated rm_best trusts fr.
     rows = make_rows(n_questions=40, langs=["de", "fr"], skill={"de": 0.8, "fr": 0.2},
                      shift={"fr": 5.0}, seed=2)
-    stats = {"score_stats": {"de": {"mean": 0.8, "std": 1.1}, "fr": {"mean": 5.2, "std": 1.1}},
-             "lang_accuracy": {"de": 0.8, "fr": 0.2}}
     plain = evaluate(to_table(rows), cfg_for(selectors=["rm_best"], budgets=[8]))
-    calib = evaluate(to_table(rows), cfg_for(selectors=["rm_best"], budgets=[8], calibrate="true"),
-                     stats)
+    calib = evaluate(to_table(rows), cfg_for(selectors=["rm_best"], budgets=[8], calibrate="true"))
     acc = lambda ev: next(r["accuracy"] for r in ev.results
                           if r["pool"] == "cross" and r["target_lang"] == "de")
     assert acc(calib) > acc(plain) + 0.2
-    weighted = evaluate(to_table(rows), cfg_for(selectors=["oracle"], allocation="weighted",
-                                                    budgets=[1, 5]), stats)
-    # k=1 goes to the stronger language, not to the target
-    assert weighted.plans[("fr", "cross")]["allocation"][1] == {"de": 1}
-    assert weighted.plans[("fr", "cross")]["allocation"][5] == {"de": 4, "fr": 1}
+
+
+def test_rm_vote_ignores_a_constant_shift_of_scores():
+    rows = make_rows(n_questions=20, seed=4)
+    shifted = [dict(r, score=r["score"] + 7.5) for r in rows]
+    cfg = cfg_for(selectors=["rm_vote", "rm_best"], budgets=[2, 4, 8])
+    a, b = evaluate(to_table(rows), cfg), evaluate(to_table(shifted), cfg)
+    for x, y in zip(a.results, b.results):
+        assert x["accuracy"] == pytest.approx(y["accuracy"], abs=1e-9)
+    # sigmoid weights would move: the calibrated ones do not
+    pa_, pb_ = pool_arrays(to_table(rows), LANGS, 0), pool_arrays(to_table(shifted), LANGS, 0)
+    np.testing.assert_allclose(pa_.weight, pb_.weight, atol=1e-9)
+
+
+def test_fitted_statistics_never_see_the_evaluated_question():
+    """Leakage: flipping every label of one question changes nothing that is used for it
+    (its calibrated weights and its language ranks), while other folds' statistics move."""
+    rows = make_rows(n_questions=30, seed=5)
+    before = pool_arrays(to_table(rows), LANGS, 0, folds=5)
+    q = before.qids.index("q07")
+    flipped = [dict(r, correct=not r["correct"], answer="42" if not r["correct"] else "0")
+               if r["qid"] == "q07" else r for r in rows]
+    after = pool_arrays(to_table(flipped), LANGS, 0, folds=5)
+    assert before.qids == after.qids and before.fold[q] == after.fold[q]
+    np.testing.assert_array_equal(np.sort(before.weight[q]), np.sort(after.weight[q]))
+    np.testing.assert_array_equal(before.lang_rank[q], after.lang_rank[q])
+    others = before.fold != before.fold[q]
+    assert not np.allclose(before.weight[others], after.weight[others])  # the test can fail
+
+
+def test_lang_prior_picks_the_strongest_language():
+    # sw is right 95% of the time, the rest 30%: lang_prior cross at k=4 takes sw's answer
+    rows = make_rows(n_questions=30, seed=6,
+                     skill={"de": 0.3, "en": 0.3, "fr": 0.3, "sw": 0.95})
+    ev = evaluate(to_table(rows), cfg_for(selectors=["lang_prior", "majority"], budgets=[1, 4],
+                                          monte_carlo=100))
+    got = {(r["target_lang"], r["pool"], r["selector"], r["budget"]): r["accuracy"]
+           for r in ev.results}
+    sw_rate = got[("sw", "mono", "majority", 1)]
+    for t in LANGS:
+        assert got[(t, "cross", "lang_prior", 4)] == pytest.approx(sw_rate, abs=1e-9)
+        assert got[(t, "mono", "lang_prior", 4)] == pytest.approx(got[(t, "mono", "majority", 4)])
+    assert got[("de", "cross", "lang_prior", 4)] > got[("de", "cross", "majority", 4)]
+
+
+def test_filters_and_mixed_pools(pool_rows):
+    other = [dict(r, model="m2", method="other") for r in pool_rows if r["response_lang"] == "en"]
+    posed = [dict(r, question_lang="en", sample_idx=r["sample_idx"] + 10) for r in pool_rows
+             if r["response_lang"] == "de"]
+    table = to_table(pool_rows + other + posed)
+    mixed = evaluate(table, cfg_for(selectors=["oracle"], budgets=[1]))
+    assert any("mixes models ['m', 'm2']" in n for n in mixed.notices)
+    assert any("mixes methods ['other', 'test']" in n for n in mixed.notices)
+    assert any("responses in ['de'] come from questions posed in several" in n
+               for n in mixed.notices)
+    one = evaluate(table, cfg_for(selectors=["oracle"], budgets=[1], models=["m"],
+                                  methods=["test"], question_langs=["de", "en", "fr", "sw"]))
+    assert not any("WARNING" in n for n in one.notices)
+    assert one.plans[("de", "mono")].capacity == 8  # question_langs keeps both de setups
+    only_de = evaluate(table, cfg_for(selectors=["oracle"], budgets=[1], models=["m"],
+                                      methods=["test"], question_langs=["de", "fr", "sw"]))
+    assert only_de.plans[("de", "mono")].capacity == 4 and "en" not in only_de.languages
+    with pytest.raises(ValueError, match=r"models \['m3'\] not in the pool"):
+        evaluate(table, cfg_for(models=["m3"]))
+    # with rm_stats, the reward model's training questions are left out
+    ev = evaluate(to_table(pool_rows), cfg_for(selectors=["oracle"]),
+                  {"train_qids": ["q00", "q01", "zz"]})
+    assert {r["n_questions"] for r in ev.results} == {10} and "q00" not in ev.qids
+    assert any("2 question(s) the reward model trained on" in n for n in ev.notices)
+
+
+def test_token_budgets(tmp_path):
+    rows = make_rows(n_questions=6, langs=["de", "en"])
+    rows = [dict(r, num_tokens=100 if r["response_lang"] == "de" else 300) for r in rows]
+    ev = evaluate(to_table(rows), cfg_for(selectors=["oracle"], budget_unit="tokens",
+                                          budgets=[1, 2, 3]))
+    tok = {(r["target_lang"], r["pool"], r["budget"]): r["tokens"] for r in ev.results}
+    assert tok[("de", "mono", 2)] == pytest.approx(200)
+    assert tok[("de", "cross", 2)] == pytest.approx(400)  # one de + one en
+    assert tok[("en", "cross", 3)] == pytest.approx(300 + 300 + 100)  # en:2 de:1
+    from bestofl.report import report_markdown, write_report
+
+    md = report_markdown(ev, cfg_for(selectors=["oracle"], budget_unit="tokens"))
+    assert "| tokens mono | tokens cross |" in md and "| 2 | " in md
+    write_report(str(tmp_path), ev, cfg_for(selectors=["oracle"], budget_unit="tokens",
+                                            plots="true"))
+    assert (tmp_path / "accuracy_vs_tokens.png").read_bytes()[:4] == b"\x89PNG"
+    assert (tmp_path / "report.html").read_text().count("data:image/png;base64,") == 3
+    with pytest.raises(ValueError, match="num_tokens"):
+        evaluate(to_table(make_rows(n_questions=3)), cfg_for(budget_unit="tokens"))
 
 
 def test_bad_input_fails_before_work(pool_rows, tmp_path):
@@ -199,21 +300,23 @@ def test_bad_input_fails_before_work(pool_rows, tmp_path):
         cfg_for(budgets=[0, 2])
     with pytest.raises(ConfigError, match="allocation"):
         cfg_for(allocation="greedy")
+    with pytest.raises(ConfigError, match="weighted was removed"):
+        cfg_for(allocation="weighted")
     with pytest.raises(ValueError, match="unknown language code 'xx'"):
         evaluate(table, cfg_for(languages=["xx"]))
     with pytest.raises(ValueError, match=r"\['ja'\] not in the pool"):
         evaluate(table, cfg_for(languages=["ja"]))
     with pytest.raises(ValueError, match="budget.*17.*at most 16"):
         evaluate(table, cfg_for(budgets=[4, 17]))
-    with pytest.raises(ValueError, match="rm_stats"):
-        evaluate(table, cfg_for(allocation="weighted"))
-    with pytest.raises(ValueError, match="score_stats.*lacks"):
-        evaluate(table, cfg_for(calibrate="true"), {"score_stats": {"de": {"mean": 0, "std": 1}}})
+    with pytest.raises(ValueError, match="needs order"):
+        evaluate(table, cfg_for(allocation="round_robin"))
+    with pytest.raises(ValueError, match="only applies to allocation=round_robin"):
+        evaluate(table, cfg_for(order=["de", "en", "fr", "sw"]))
     with pytest.raises(ValueError, match="not in cross_languages"):
         evaluate(table, cfg_for(languages=["sw"], cross_languages=["de", "en"]))
     subset = evaluate(table, cfg_for(selectors=["oracle"], cross_languages=["en", "de"]))
     assert subset.languages == ["de", "en"]  # default targets: the languages of L
-    assert subset.plans[("de", "cross")]["allocation"][2] == {"de": 1, "en": 1}
+    assert subset.plans[("de", "cross")].describe(2) == "de:1 en:1"
     # Through the CLI: a clear message, exit 2, no output written.
     pool_dir = tmp_path / "pool"
     write_pool(table, str(pool_dir))
@@ -238,16 +341,31 @@ def test_report_files_and_schema(report_dir):
     out = base / "report"
     on_disk = json.loads((out / "report.json").read_text())
     assert on_disk == json.loads(json.dumps(report))
-    assert set(on_disk) == {"languages", "budgets", "results", "config"}
+    assert set(on_disk) == {"languages", "budgets", "results", "differences",
+                            "mean_differences", "config"}
     assert on_disk["languages"] == LANGS and on_disk["budgets"] == [1, 2, 4, 8, 16]
     assert on_disk["config"]["input"] == cfg.input
     for r in on_disk["results"]:
         assert set(r) == RESULT_KEYS
-        assert 0.0 <= r["ci_low"] <= r["accuracy"] <= r["ci_high"] <= 1.0
+        assert 0.0 <= r["ci_low"] <= r["ci_high"] <= 1.0 and 0.0 <= r["accuracy"] <= 1.0
         assert r["pool"] in ("mono", "cross") and r["n_questions"] == 12
     assert any(r["ci_low"] < r["ci_high"] for r in on_disk["results"])  # real intervals
+    for d in on_disk["differences"]:
+        assert set(d) == {"target_lang", "selector", "budget", "diff", "ci_low", "ci_high"}
+    per_q = pd.read_parquet(out / "per_question.parquet")
+    assert list(per_q.columns) == ["target_lang", "pool", "selector", "budget", "qid", "accuracy"]
+    assert len(per_q) == 12 * len(on_disk["results"])
+    mean = per_q.groupby(["target_lang", "pool", "selector", "budget"])["accuracy"].mean()
+    for r in on_disk["results"]:
+        assert mean[(r["target_lang"], r["pool"], r["selector"], r["budget"])] == \
+            pytest.approx(r["accuracy"])
+    page = (out / "report.html").read_text()
+    assert page.count("data:image/png;base64,") == 2  # the budget plot and the forest plot
+    assert "Target sw" in page and "cross - mono" in page and "<script" not in page
+    assert (out / "differences.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     md = (out / "report.md").read_text()
     assert "## Target de (12 questions)" in md and "| k | random mono | random cross" in md
+    assert "## Cross - mono at equal budget (paired)" in md
     assert "WARNING: score_provenance is not set" in md  # the default config says nothing
     png = (out / "accuracy_vs_budget.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
@@ -264,3 +382,56 @@ def test_report_is_not_overwritten_silently(report_dir):
     run(cfg)
     assert json.loads((base / "report" / "report.json").read_text())["results"] == \
         json.loads(before)["results"]  # same seed, same numbers
+
+
+def test_scored_pool_records_its_provenance(pool_rows, tmp_path):
+    pool_dir = tmp_path / "pool"
+    write_pool(to_table(pool_rows), str(pool_dir))
+    marker = pool_dir / "_SUCCESS"
+    summary = json.loads(marker.read_text() or "{}") if marker.exists() else {}
+    marker.write_text(json.dumps({**summary, "score_provenance": "cross_fit"}))
+    cfg = load_config("evaluate", None, [f"input={pool_dir}", f"output={tmp_path / 'r'}",
+                                         "bootstrap=0", "monte_carlo=5", "plots=false"])
+    report = run(cfg)
+    assert report["config"]["score_provenance"] == "cross_fit"
+    assert "WARNING: score_provenance" not in (tmp_path / "r" / "report.md").read_text()
+
+
+# ------------------------------------------------------------------ intervals
+def test_bootstrap_matches_a_plain_loop():
+    values = np.random.default_rng(1).random((3, 17))
+    members = np.ones((2, 17))
+    members[1, :5] = 0  # the second group of rows covers 12 of the 17 questions
+    group = np.array([0, 1, 1])
+    values[1:, :5] = 0.0
+    counts = bootstrap.resample_counts(17, 300, np.random.default_rng(5))
+    lo, hi = bootstrap.interval(bootstrap.resampled_means(values, counts, members, group), 0.9)
+    idx = np.random.default_rng(5).integers(0, 17, size=(300, 17))
+    for e in range(3):
+        loop = []
+        for b in range(300):
+            picked = [i for i in idx[b] if members[group[e], i]]
+            loop.append(sum(values[e, i] for i in picked) / len(picked))
+        np.testing.assert_allclose([lo[e], hi[e]], np.quantile(loop, [0.05, 0.95]), atol=1e-12)
+
+
+def test_evaluate_intervals_are_paired_resamples_of_questions(pool_rows):
+    cfg = cfg_for(bootstrap=200, selectors=["random", "majority"])
+    ev = evaluate(to_table(pool_rows), cfg)
+    idx = np.random.default_rng(cfg.seed).integers(0, 12, size=(200, 12))
+
+    def loop_ci(v):
+        return np.quantile([v[i].mean() for i in idx], [0.025, 0.975])
+
+    for r in ev.results[::7]:
+        v = ev.values[(r["target_lang"], r["pool"], r["selector"], r["budget"])]
+        np.testing.assert_allclose([r["ci_low"], r["ci_high"]], loop_ci(v), atol=1e-12)
+    for d in ev.differences[::5]:
+        t, s, k = d["target_lang"], d["selector"], d["budget"]
+        paired = ev.values[(t, "cross", s, k)] - ev.values[(t, "mono", s, k)]
+        np.testing.assert_allclose([d["ci_low"], d["ci_high"]], loop_ci(paired), atol=1e-12)
+    m = next(x for x in ev.mean_differences if x["selector"] == "majority" and x["budget"] == 4)
+    per_target = [ev.values[(t, "cross", "majority", 4)] - ev.values[(t, "mono", "majority", 4)]
+                  for t in LANGS]
+    np.testing.assert_allclose([m["ci_low"], m["ci_high"]],
+                               loop_ci(np.mean(per_target, axis=0)), atol=1e-12)

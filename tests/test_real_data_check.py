@@ -3,7 +3,9 @@
 The recount reads the raw .jsonl.gz files itself and grades the model's part of each
 transcript with bestofl.answers; it shares nothing with the pool, the importer or the
 vectorised estimators. At a full budget every draw is the whole pool, so majority (Monte
-Carlo elsewhere) is exact there and must agree to rounding. Docs: docs/real_data.md.
+Carlo elsewhere) is exact there and must agree to rounding; at k=2 the uniform cross pool
+is English plus one partner drawn uniformly from the other 10, which the recount averages
+by hand. Docs: docs/real_data.md.
 """
 from __future__ import annotations
 
@@ -89,7 +91,29 @@ def test_report_agrees_with_plain_recount(report, recount):
     # languages): the recount is not degenerate.
     rates = {lang: got[(lang, "mono", "random", 1)]["accuracy"] for lang in langs}
     assert rates["en"] > 0.9 and rates["te"] < rates["en"] and cross_oracle > 0.98
+    # Uniform allocation, English at k=2: en plus one partner drawn uniformly from the rest.
+    def pass_rate(i: int, lang: str) -> float:
+        return sum(c for _, c in recount[(i, lang)]) / len(recount[(i, lang)])
+
+    partners = [lang for lang in langs if lang != "en"]
+    oracle_2 = sum(1 - (1 - pass_rate(i, "en")) * (1 - pass_rate(i, lang))
+                   for i in questions for lang in partners) / (len(questions) * len(partners))
+    assert got[("en", "cross", "oracle", 2)]["accuracy"] == pytest.approx(oracle_2, abs=1e-9)
+    # lang_prior over everything: English is the most accurate language in every fold, so
+    # it takes the majority of the English responses.
+    en_majority = sum(vote(recount[(i, "en")]) for i in questions) / len(questions)
+    for lang in langs:
+        assert got[(lang, "cross", "lang_prior", full_cross)]["accuracy"] == \
+            pytest.approx(en_majority, abs=1e-9)
+    # Paired differences and the mean over targets are in the report.
+    diffs = {(d["target_lang"], d["selector"], d["budget"]): d for d in report["differences"]}
+    d = diffs[("sw", "majority", 5)]
+    assert d["diff"] == pytest.approx(got[("sw", "cross", "majority", 5)]["accuracy"] -
+                                      got[("sw", "mono", "majority", 5)]["accuracy"])
+    assert d["ci_low"] > 0.1  # sw gains far more than noise: the headline is real
+    assert {m["budget"] for m in report["mean_differences"]} == {1, 2, 4}  # te holds 4
 
 
 def test_unscored_real_pool_skips_reward_selectors(report):
-    assert {r["selector"] for r in report["results"]} == {"random", "majority", "oracle"}
+    assert {r["selector"] for r in report["results"]} == {"random", "majority", "lang_prior",
+                                                          "oracle"}
