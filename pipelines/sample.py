@@ -32,6 +32,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
         cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
     sampling.check_model(cfg.model)
+    sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
     if cfg.mode == "forcing":
         questions = load_questions(cfg.questions, [cfg.question_lang], cfg.limit, cfg.skip_malformed)
         languages = resolve_languages(cfg.languages) if cfg.languages else sorted(

@@ -84,28 +84,49 @@ def _engine_args(*overrides):
 def test_engine_args_follow_the_platform():
     cpu = _engine_args("engine.enable_chunked_prefill=true", "engine.extra={max_num_seqs: 8}")
     assert cpu["kv_cache_memory_bytes"] == 256 * 2**20 and cpu["enable_chunked_prefill"] is False
+    assert cpu["enforce_eager"] is True
     assert "gpu_memory_utilization" not in cpu and cpu["max_num_seqs"] == 8
-    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2",
-                       "engine.kv_cache_memory_bytes=null")
+    # Only the GPUs set: none of the CPU sizes reach the GPU engine.
+    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2")
     assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
+    assert gpu["enforce_eager"] is False and "enable_chunked_prefill" not in gpu
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
+    # Explicit values win on GPUs; the CPU keeps chunked prefill off (seeded prefill crashes it).
+    pinned = _engine_args("actors.num_gpus=1", "engine.kv_cache_memory_bytes=1000000000",
+                          "engine.enforce_eager=true", "engine.enable_chunked_prefill=false")
+    assert pinned["kv_cache_memory_bytes"] == 10**9 and pinned["enforce_eager"] is True
+    assert pinned["enable_chunked_prefill"] is False
+    assert _engine_args("engine.kv_cache_memory_bytes=1000000000")["kv_cache_memory_bytes"] == 10**9
     # dtype auto: bf16 on GPUs; on CPUs only where bf16 is native (AVX2 emulates it, slowly)
     assert gpu["dtype"] == "bfloat16"
     assert cpu["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
     assert _engine_args("engine.dtype=float32", "actors.num_gpus=1")["dtype"] == "float32"
     assert cpu["seed"] == 0
     # serve's generator: the same rules, no run seed
-    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1",
-                                        "engine.kv_cache_memory_bytes=null"])
+    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1"])
     gen = sampling.engine_args(serve.generator, serve.engine, serve.generator_num_gpus)
     assert gen["model"] == "lm" and gen["dtype"] == "bfloat16" and "seed" not in gen
     assert gen["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gen
+    assert gen["enforce_eager"] is False
+
+
+def test_kv_cache_too_small_for_one_sequence_is_refused(tiny_lm):
+    args = _engine_args(f"model={tiny_lm}")
+    need = sampling.check_kv_cache(args)  # the default fits the tiny model
+    assert need and need <= args["kv_cache_memory_bytes"]
+    with pytest.raises(ValueError, match="kv_cache_memory_bytes=.*max_model_len=2048"):
+        sampling.check_kv_cache({**args, "kv_cache_memory_bytes": need - 1})
+    assert sampling.check_kv_cache({**args, "model": "Org/not-cached-here"}) is None
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["engine.kv_cache_memory_bytes=null"], "kv_cache_memory_bytes"),
     (["actors.num_gpus=1", "engine.tensor_parallel_size=2"], "tensor_parallel_size"),
     (["n=0"], "n must be"),
+    (["engine.extra={trust_remote_code: true}"], "engine.extra.trust_remote_code"),
+    (["engine.extra={kv_cache_memory_bytes: 1}"], "use engine.kv_cache_memory_bytes"),
+    (["engine.extra={seed: 3}"], "engine.extra.seed"),
+    (["engine.gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
+    (["actors.num_cpus=-1"], "num_cpus"),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
