@@ -164,7 +164,8 @@ def check_kv_cache(args: dict[str, Any]) -> int | None:
 
     size = args.get("kv_cache_memory_bytes")
     try:
-        config = AutoConfig.from_pretrained(args["model"], trust_remote_code=False)
+        config = AutoConfig.from_pretrained(args["model"], trust_remote_code=False,
+                                            local_files_only=True)  # check_model fetched it
     except Exception:  # offline hub miss, custom code, ...: vLLM will check it
         return None
     text = config.get_text_config()

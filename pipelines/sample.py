@@ -22,17 +22,23 @@ import ray
 from tqdm import tqdm
 
 from bestofl import pool, sampling, storage
-from bestofl.config import SampleConfig, parse_command_line
+from bestofl.config import SampleConfig
+from bestofl.plan import command_main
 from bestofl.languages import resolve_languages
 from bestofl.questions import load_questions
 from bestofl.ray_runtime import init_ray
 
 
+def check(cfg: SampleConfig) -> None:
+    """What fails before any Ray work: the model, and a KV cache too small for it."""
+    sampling.check_model(cfg.model)
+    sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
+
+
 def run(cfg: SampleConfig) -> dict[str, Any]:
     if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
         cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
-    sampling.check_model(cfg.model)
-    sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
+    check(cfg)
     if cfg.mode == "forcing":
         questions = load_questions(cfg.questions, [cfg.question_lang], cfg.limit, cfg.skip_malformed)
         languages = resolve_languages(cfg.languages) if cfg.languages else sorted(
@@ -94,8 +100,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("sample", argv))
-    return 0
+    return command_main("sample", argv, run, check)
 
 
 if __name__ == "__main__":

@@ -25,7 +25,8 @@ from omegaconf import OmegaConf
 from ray.data.datasource import Partitioning
 
 from bestofl import pool, scoring, storage
-from bestofl.config import ScoreConfig, parse_command_line
+from bestofl.config import ScoreConfig
+from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 
 # A partial output may only be continued by the same job: other scores would mix in.
@@ -130,8 +131,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("score", argv))
-    return 0
+    return command_main("score", argv, run,
+                        lambda cfg: scoring.check_model(_local(cfg.model), cfg.trust_remote_code))
 
 
 if __name__ == "__main__":
