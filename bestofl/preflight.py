@@ -68,8 +68,12 @@ def _amount(key: str, value: float) -> str:
     return f"{value:g} {name}{'s' if key in ('CPU', 'GPU') and value != 1 else ''}"
 
 
+def _order(key: str) -> tuple:
+    return key != "GPU", key != "CPU", key
+
+
 def _describe(unit: dict[str, float]) -> str:
-    order = sorted(unit, key=lambda k: (k != "GPU", k != "CPU", k))
+    order = sorted(unit, key=_order)
     text = ", ".join(_amount(k, unit[k]) for k in order)
     return f"({text})" if len(unit) > 1 else text or "nothing"
 
@@ -96,7 +100,7 @@ def fit(command: str, wanted: list[Demand], nodes: list[dict[str, float]]) -> li
         if placed == d.count:
             continue
         head = f"{name} needs {d.count} {d.role} x {_describe(d.unit)}"
-        short = [k for k, v in d.unit.items() if v * d.count > total.get(k, 0.0) + 1e-9]
+        short = sorted((k for k, v in d.unit.items() if v * d.count > total.get(k, 0.0) + 1e-9), key=_order)
         if short:
             has = ", ".join(_amount(k, total.get(k, 0.0)) for k in short)
             problems.append(f"{head}; the cluster has {has}")
