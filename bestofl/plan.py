@@ -121,7 +121,7 @@ def build(command: str, cfg: Any, platform: str | None = None, connect: bool = T
 def command_main(command: str, argv: Sequence[str] | None, run: Callable[[Any], Any],
                  check: Callable[[Any], None] | None = None) -> int:
     """`[--config FILE] [--dry-run [--platform cpu|gpu]] key=value ...` for a Ray command:
-    print the plan, or check the inputs (`check`), then the cluster (preflight), and run."""
+    print the plan, or `check` the config (e.g. preflight.require) and run it."""
     parser = argparse.ArgumentParser(prog=f"bestofl {command.replace('_', '-')}")
     parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
     parser.add_argument("--dry-run", action="store_true",
@@ -138,6 +138,5 @@ def command_main(command: str, argv: Sequence[str] | None, run: Callable[[Any], 
         parser.error("--platform only applies to --dry-run")
     if check:
         check(cfg)
-    preflight.require(command, cfg)
     run(cfg)
     return 0

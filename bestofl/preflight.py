@@ -37,6 +37,12 @@ def _unit(cpus: float, gpus: float, resources: dict[str, float] | None = None) -
     return {k: v for k, v in unit.items() if v > 0}
 
 
+def command_of(cfg: Any) -> str:
+    from bestofl.config import SCHEMAS
+
+    return next(name for name, schema in SCHEMAS.items() if isinstance(cfg, schema))
+
+
 def demands(command: str, cfg: Any) -> list[Demand]:
     """What `command` asks Ray for, in units that must each fit on one node."""
     if command == "sample":
@@ -199,16 +205,18 @@ def verdict(command: str, cfg: Any, platform: str, connect: bool = False) -> dic
             "demands": [{"role": d.role, "count": d.count, "unit": d.unit} for d in wanted]}
 
 
-def require(command: str, cfg: Any) -> None:
-    """Fail in seconds when the cluster the command will use cannot hold what it asks for.
+def require(cfg: Any) -> None:
+    """Fail in seconds when the cluster a command will use cannot hold what `cfg` asks for.
 
-    Joins the cluster it will run on (the run reuses the connection); a local instance is
-    only predicted, so a refused config starts nothing.
+    Call it where the command would start Ray: it joins the cluster the command runs on
+    (the run reuses the connection); a local instance is only predicted, so a refused
+    config starts nothing.
     """
     import ray
 
     from bestofl.ray_runtime import init_ray
 
+    command = command_of(cfg)
     if not ray.is_initialized() and target(cfg.ray.address) is not None:
         init_ray(cfg.ray)
     if ray.is_initialized():

@@ -21,7 +21,7 @@ import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
-from bestofl import pool, sampling, storage
+from bestofl import pool, preflight, sampling, storage
 from bestofl.config import SampleConfig
 from bestofl.plan import command_main
 from bestofl.languages import resolve_languages
@@ -49,6 +49,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     if not questions or not languages:
         raise ValueError(f"no questions to sample from {cfg.questions} (languages {languages})")
     model = sampling.model_name(cfg)
+    preflight.require(cfg)  # before writing anything: fails in seconds where Ray would wait forever
 
     if storage.prepare_output(cfg.output, cfg.overwrite):
         sampling.check_resumable(cfg.output, cfg)
@@ -100,7 +101,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command_main("sample", argv, run, check)
+    return command_main("sample", argv, run)
 
 
 if __name__ == "__main__":

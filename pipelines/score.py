@@ -24,7 +24,7 @@ import ray
 from omegaconf import OmegaConf
 from ray.data.datasource import Partitioning
 
-from bestofl import pool, scoring, storage
+from bestofl import pool, preflight, scoring, storage
 from bestofl.config import ScoreConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
@@ -64,6 +64,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     if source.num_rows == 0:
         raise pool.PoolError(f"input pool {cfg.input} holds no rows")
     pool.check_identity(source)
+    preflight.require(cfg)  # before writing anything: fails in seconds where Ray would wait forever
 
     resuming = storage.prepare_output(cfg.output, cfg.overwrite)
     dropped: list[str] = []
@@ -131,8 +132,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command_main("score", argv, run,
-                        lambda cfg: scoring.check_model(_local(cfg.model), cfg.trust_remote_code))
+    return command_main("score", argv, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,7 @@ from typing import Sequence
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bestofl import sampling, scoring
+from bestofl import preflight, sampling, scoring
 from bestofl.config import ServeConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
@@ -25,6 +25,7 @@ def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
     """Deploy the app (waits until healthy); with `block`, serve until SIGINT/SIGTERM, then
     delete it. Serve's HTTP options are cluster-wide: an already running Serve keeps its own."""
     check(cfg)
+    preflight.require(cfg)  # fails in seconds where Ray would wait forever
     init_ray(cfg.ray)
     serve.start(http_options={"host": cfg.host, "port": cfg.port},
                 controller_options={"runtime_env": {"env_vars": PROXY_CHECK_ENV}})

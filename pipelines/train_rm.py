@@ -30,7 +30,7 @@ from omegaconf import OmegaConf
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
-from bestofl import pool, storage
+from bestofl import pool, preflight, storage
 from bestofl.config import TrainRMConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
@@ -230,7 +230,7 @@ def _drop(fs: pafs.FileSystem, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command_main("train_rm", argv, run)  # --dry-run: the plan; else preflight, then run
+    return command_main("train_rm", argv, run, preflight.require)  # --dry-run: the plan
 
 
 if __name__ == "__main__":

@@ -117,10 +117,23 @@ def test_train_rm_with_more_workers_than_cpus(ray_cluster, tmp_path, capsys):
 
 
 def test_score_actor_larger_than_any_node(ray_cluster, tiny_rm, tmp_path, capsys):
-    rc, err, seconds = _cli(capsys, "score", "input=p", f"model={tiny_rm}",
+    from bestofl import pool
+
+    source = tmp_path / "pool"
+    pool.write_pool(pool.to_table([{"qid": "1", "question_lang": "en", "response_lang": "en",
+                                    "sample_idx": 0, "model": "m", "method": "x",
+                                    "response": "42"}]), str(source))
+    rc, err, seconds = _cli(capsys, "score", f"input={source}", f"model={tiny_rm}",
                             f"output={tmp_path / 's'}", "actors.num_cpus=8")
-    assert rc == 2 and seconds < 60
+    assert rc == 2 and seconds < 60 and not (tmp_path / "s").exists()
     assert "score needs 1 scorer actors x 8 CPUs" in err and "one node" in err
+
+
+def test_sample_gpu_actors_on_a_cluster_without_gpus(ray_cluster, tiny_lm, mgsm_dir, tmp_path, capsys):
+    rc, err, _ = _cli(capsys, "sample", f"questions={mgsm_dir}", f"model={tiny_lm}", "limit=1",
+                      f"output={tmp_path / 'pool'}", "actors.num_gpus=1", "actors.num_actors=2")
+    assert rc == 2 and not (tmp_path / "pool").exists()
+    assert "sample needs 2 vLLM actors x (1 GPU, 1 CPU); the cluster has 0 GPUs" in err
 
 
 def test_simulated_gpu_nodes(ray_cluster, tmp_path, capsys):
