@@ -325,6 +325,7 @@ class ServeConfig:
     generator_replicas: int = MISSING
     generator_num_cpus: float = MISSING
     generator_num_gpus: float = MISSING
+    env_vars: dict[str, str] = field(default_factory=dict)  # every replica's environment (HF_TOKEN, AWS_* for model URIs)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     trust_remote_code: bool = MISSING

@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -20,6 +19,7 @@ from bestofl import pool, storage
 from bestofl.answers import grade
 from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
+from bestofl.models import HUB_ID, local_model
 from bestofl.prompts import build_messages, render
 from bestofl.questions import qid_order
 
@@ -28,7 +28,6 @@ Key = tuple[str, str, str]  # (qid, question_lang, response_lang)
 # Config keys a resumed run must share with the rows already written (they shape samples).
 SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "sampling",
                   "engine.dtype", "engine.max_model_len")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
 def base_seed(run_seed: int, qid: str, question_lang: str, response_lang: str) -> int:
@@ -55,12 +54,14 @@ def model_name(cfg: SampleConfig) -> str:
 
 
 def check_model(model: str) -> None:
-    """Fail fast on a model that is neither a local HF folder nor a resolvable hub id."""
+    """Fail fast on a model that is neither a local HF folder, a URI holding one (copied
+    into this node's cache) nor a resolvable hub id."""
+    model = local_model(model)
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise FileNotFoundError(f"model folder {model} has no config.json")
         return
-    if os.path.exists(model) or not _HUB_ID.match(model):
+    if os.path.exists(model) or not HUB_ID.match(model):
         raise FileNotFoundError(f"model not found: {model!r} is not a model folder "
                                 f"(nor a Hugging Face hub id like Qwen/Qwen2.5-7B-Instruct)")
     from huggingface_hub import hf_hub_download
@@ -219,7 +220,8 @@ class Sampler:
         # LLM_CLASS: vllm.LLM's offline-batch scheduler limits (e.g. 1024 sequences on an
         # H100, not the server default of 128), while calls still arrive asynchronously.
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)),
+            AsyncEngineArgs(**engine_args(local_model(cfg.model), cfg.engine, cfg.actors.num_gpus,
+                                          cfg.seed)),
             usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len

@@ -26,6 +26,7 @@ from ray.data.datasource import Partitioning
 
 from bestofl import pool, preflight, scoring, storage
 from bestofl.config import ScoreConfig
+from bestofl.models import HUB_ID
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 
@@ -34,8 +35,11 @@ SAME_JOB_KEYS = ("input", "model", "max_length", "dtype")
 
 
 def _local(uri: str) -> str:
-    # Actors on other nodes run in other folders: hand them absolute paths.
-    return uri if "://" in uri else os.path.abspath(uri)
+    # Actors on other nodes run in other folders: hand them absolute paths (URIs and hub
+    # ids stay as they are).
+    if "://" in uri or (not os.path.exists(uri) and HUB_ID.match(uri)):
+        return uri
+    return os.path.abspath(uri)
 
 
 def _check_same_job(cfg: ScoreConfig) -> None:
