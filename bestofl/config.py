@@ -124,6 +124,7 @@ class SampleConfig:
     seed: int = MISSING
     model_name: Optional[str] = MISSING  # the pool's `model` column; null: model folder name or hub id
     group_samples: bool = MISSING  # one vLLM request with n=k per work item instead of k seeded requests
+    seeding: str = MISSING  # per_request: a seed per sample (reproducible rows) | per_call: the engine's seed only
     overwrite: bool = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -137,6 +138,8 @@ class SampleConfig:
             raise ValueError(f"mode must be 'parallel' or 'forcing', got {self.mode!r}")
         if self.prompt not in STYLES:
             raise ValueError(f"prompt must be one of {', '.join(STYLES)}, got {self.prompt!r}")
+        if self.seeding not in ("per_request", "per_call"):
+            raise ValueError(f"seeding must be 'per_request' or 'per_call', got {self.seeding!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         a, e = self.actors, self.engine

@@ -32,7 +32,8 @@ def _sample(cfg: Any) -> dict[str, Any]:
     a = cfg.actors
     args = engine_args(cfg.model, cfg.engine, a.num_gpus, cfg.seed)
     return {
-        "model": cfg.model, "questions": cfg.questions,
+        "model": cfg.model, "questions": cfg.questions, "seeding": cfg.seeding,
+        "group_samples": cfg.group_samples,
         "actors": [{"role": "sampler", "count": a.num_actors, "num_gpus": a.num_gpus,
                     "num_cpus": a.num_cpus, "resources": dict(a.resources),
                     "env_vars": dict(a.env_vars), "batch_size": a.batch_size,

@@ -26,8 +26,9 @@ from bestofl.questions import qid_order
 METHOD = "vllm"
 Key = tuple[str, str, str]  # (qid, question_lang, response_lang)
 # Config keys a resumed run must share with the rows already written (they shape samples).
-SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "sampling",
-                  "engine.dtype", "engine.max_model_len")
+SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "seeding",
+                  "sampling", "engine.dtype", "engine.max_model_len")
+FAULT_ENV = "BESTOFL_FAULT_AFTER_WRITES"  # tests: an actor fails its call after that many parts
 
 
 def base_seed(run_seed: int, qid: str, question_lang: str, response_lang: str) -> int:
@@ -203,8 +204,17 @@ def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
     return runs
 
 
+def part_name(items: Sequence[dict]) -> str:
+    """The Parquet part name of one batch of work items, the same on every retry: an actor
+    that dies after writing leaves files its retry overwrites, never duplicates."""
+    key = "\x1e".join(f"{it['qid']}\x1f{it['question_lang']}\x1f{it['response_lang']}\x1f"
+                       f"{','.join(map(str, it['sample_idxs']))}" for it in items)
+    return "part-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
 class Sampler:
-    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out.
+    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows written
+    as Parquet parts by the actor itself, a one-row summary out.
 
     The engine is vLLM's AsyncLLM and `__call__` a coroutine, so with
     actors.batches_in_flight > 1 the next batch's requests join the running engine batch
@@ -225,7 +235,7 @@ class Sampler:
             usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
-        self.requests_sent = 0
+        self.requests_sent = self.parts_written = 0
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
@@ -245,8 +255,7 @@ class Sampler:
                 rows += [self._row(item, text, i, error=error) for i in item["sample_idxs"]]
                 continue
             for group in request_groups(item["sample_idxs"], self.cfg.group_samples):
-                seed = sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
-                                   item["response_lang"], group[0])
+                seed = self._seed(item, group[0])
                 requests.append((item, text, group))
                 calls.append(self._generate(ids, SamplingParams(
                     n=len(group), seed=seed, temperature=s.temperature, top_p=s.top_p,
@@ -259,7 +268,24 @@ class Sampler:
             for c in out.outputs:
                 rows.append(self._row(item, text, group[c.index], response=c.text,
                                       num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
-        return pool.to_table(rows)
+        table = pool.to_table(rows)
+        fault = os.environ.get(FAULT_ENV)
+        if fault and self.parts_written >= int(fault):
+            raise RuntimeError("injected crash")
+        # Rows go straight to storage from here (no driver bottleneck, no small files
+        # from re-chunking); the driver only counts.
+        pool.write_pool(table, self.cfg.output, basename=part_name(batch.to_pylist()))
+        self.parts_written += 1
+        tokens = sum(r["num_tokens"] or 0 for r in rows)
+        errors = sum(r["error"] is not None for r in rows)
+        return pa.table({"rows": [len(rows)], "tokens": [tokens], "errors": [errors]})
+
+    def _seed(self, item: dict, idx: int) -> int | None:
+        """per_request: the sample's own seed (reproducible per row); per_call: none, the
+        engine's seed drives every request (vLLM's batched sampler, faster on GPUs)."""
+        if self.cfg.seeding == "per_call":
+            return None
+        return sample_seed(self.cfg.seed, item["qid"], item["question_lang"], item["response_lang"], idx)
 
     async def _generate(self, ids: list[int], params: Any) -> Any:
         """The request's final output, or the exception that failed this request alone.
@@ -292,6 +318,5 @@ class Sampler:
                 "method": METHOD, "prompt": prompt, "response": response, "answer": answer,
                 "gold": item["gold"], "correct": correct, "num_tokens": num_tokens,
                 "finish_reason": finish_reason, "error": error,
-                "seed": sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
-                                    item["response_lang"], idx)}
+                "seed": self._seed(item, idx)}
 
