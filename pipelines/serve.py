@@ -60,7 +60,7 @@ def check(cfg: ServeConfig) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command_main("serve", argv, run, check)
+    return command_main("serve", argv, run)
 
 
 if __name__ == "__main__":
