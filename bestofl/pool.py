@@ -140,6 +140,14 @@ def write_pool(table: pa.Table, uri: str, partition_by: Sequence[str] = ("respon
     fs.delete_dir(staging)
 
 
+def drop_staging(uri: str) -> None:
+    """Delete the `_staging-*` folders of writes that never finished (a killed writer)."""
+    fs, path = storage.filesystem(uri)
+    for info in fs.get_file_info(pafs.FileSelector(path, allow_not_found=True)):
+        if info.type == pafs.FileType.Directory and info.base_name.startswith("_staging-"):
+            fs.delete_dir(info.path)
+
+
 def identities(table: pa.Table) -> list[tuple]:
     cols = [table.column(c).to_pylist() for c in IDENTITY]
     return list(zip(*cols))

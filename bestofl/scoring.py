@@ -22,21 +22,25 @@ import pyarrow.parquet as pq
 import torch
 
 from bestofl import pool, storage
+from bestofl.models import HUB_ID, local_model
 from bestofl.reward.model import load_reward_model, score
 
 
 def check_model(path: str, trust_remote_code: bool = False) -> None:
-    """Fail before any Ray work unless `path` is a folder holding a loadable model."""
+    """Fail before any Ray work unless `path` is a loadable model: a folder, a URI (copied
+    into this node's cache, safetensors only) or a hub id."""
     from transformers import AutoConfig, AutoTokenizer
 
-    if not os.path.isdir(path):
-        raise FileNotFoundError(f"reward model not found: {path} (model= must be a local "
-                                "reward-model folder, e.g. one written by `bestofl train-rm`)")
-    if not any(name.endswith(".safetensors") for name in os.listdir(path)):
+    local = local_model(path)
+    if not os.path.isdir(local) and (os.path.exists(local) or not HUB_ID.match(local)):
+        raise FileNotFoundError(f"reward model not found: {path} (model= takes a reward-model "
+                                "folder, e.g. one written by `bestofl train-rm`, a URI such as "
+                                "s3://bucket/rm, or a hub id)")
+    if os.path.isdir(local) and not any(n.endswith(".safetensors") for n in os.listdir(local)):
         raise FileNotFoundError(f"reward model {path} has no .safetensors weights")
     try:
-        AutoConfig.from_pretrained(path, trust_remote_code=trust_remote_code)
-        AutoTokenizer.from_pretrained(path, trust_remote_code=trust_remote_code)
+        AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
+        AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"reward model {path} cannot be loaded: {e}") from None
 
@@ -111,7 +115,7 @@ class Scorer:
         if threads:
             # Ray pins OMP threads to the actor's num_cpus; say it explicitly for torch.
             torch.set_num_threads(threads)
-        self.model, self.tokenizer = load_reward_model(model, dtype, trust_remote_code)
+        self.model, self.tokenizer = load_reward_model(local_model(model), dtype, trust_remote_code)
         self.model.to("cuda" if use_gpu else "cpu").eval()
         self.max_length, self.batch_size = max_length, batch_size
 

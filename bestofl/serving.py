@@ -30,6 +30,7 @@ from transformers import AutoTokenizer
 from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
 from bestofl.languages import get_language, resolve_languages
+from bestofl.models import local_model
 from bestofl.prompts import build_messages, render
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.sampling import engine_args
@@ -148,7 +149,8 @@ class Scorer:
     forward pass serves pairs from many concurrent requests."""
 
     def __init__(self, cfg: ServeConfig):
-        self.model, tokenizer = load_reward_model(cfg.model, cfg.dtype, cfg.trust_remote_code)
+        self.model, tokenizer = load_reward_model(local_model(cfg.model), cfg.dtype,
+                                                  cfg.trust_remote_code)
         self.pad_id = tokenizer.pad_token_id
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
@@ -178,9 +180,9 @@ class Generator:
         from vllm import AsyncEngineArgs, AsyncLLMEngine  # only generator replicas need vLLM
 
         self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            **engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus)))
+            **engine_args(local_model(cfg.generator), cfg.engine, cfg.generator_num_gpus)))
         self.tokenizer = AutoTokenizer.from_pretrained(
-            cfg.generator, trust_remote_code=cfg.engine.trust_remote_code)
+            local_model(cfg.generator), trust_remote_code=cfg.engine.trust_remote_code)
         self.sampling = cfg.sampling
 
     async def generate(self, chats: list[list[dict]]) -> list[str]:
@@ -281,7 +283,7 @@ class Selector:
                  generator: Optional[DeploymentHandle]):
         self.cfg, self.scorer, self.generator = cfg, scorer, generator
         # Tokenizing here keeps the CPU work where replicas are cheap (and off the GPU nodes).
-        self.tokenizer = AutoTokenizer.from_pretrained(cfg.model,
+        self.tokenizer = AutoTokenizer.from_pretrained(local_model(cfg.model),
                                                        trust_remote_code=cfg.trust_remote_code)
 
     def __serve_build_asgi_app__(self) -> FastAPI:
@@ -383,23 +385,25 @@ def build_app(cfg: ServeConfig) -> serve.Application:
     autoscaling come from the config; host/port are Serve's http_options, set by the caller."""
     scaling = ({"autoscaling_config": dict(cfg.autoscaling)} if cfg.autoscaling
                else {"num_replicas": cfg.scorer_replicas})
+    # Replicas read the models themselves (URIs, hub ids): they need the credentials too.
+    env = {"runtime_env": {"env_vars": dict(cfg.env_vars)}} if cfg.env_vars else {}
     scorer = Scorer.options(
         **scaling,
         # Counted in requests, each holding several pairs: well above the batch size so
         # batches fill from many requests at once.
         max_ongoing_requests=4 * cfg.max_batch_size,
-        ray_actor_options={"num_cpus": cfg.scorer_num_cpus, "num_gpus": cfg.scorer_num_gpus},
+        ray_actor_options={"num_cpus": cfg.scorer_num_cpus, "num_gpus": cfg.scorer_num_gpus, **env},
     ).bind(cfg)
     generator = None
     if cfg.generator:
         generator = Generator.options(
             num_replicas=cfg.generator_replicas, max_ongoing_requests=64,
             ray_actor_options={"num_cpus": cfg.generator_num_cpus,
-                               "num_gpus": cfg.generator_num_gpus},
+                               "num_gpus": cfg.generator_num_gpus, **env},
         ).bind(cfg)
     return Selector.options(
         num_replicas=cfg.ingress_replicas, max_ongoing_requests=cfg.ingress_max_ongoing_requests,
-        ray_actor_options={"num_cpus": cfg.ingress_num_cpus},
+        ray_actor_options={"num_cpus": cfg.ingress_num_cpus, **env},
     ).bind(cfg, scorer, generator)
 
 

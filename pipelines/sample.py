@@ -2,12 +2,14 @@
 
     questions (driver) -> work items (qid, question_lang, response_lang, indices to draw)
         -> from_items -> map_batches(Sampler: one vLLM engine per actor, batches_in_flight calls at once)
-        -> driver writes each finished batch as Parquet parts (partitioned by response_lang)
+        -> each actor writes its batch's rows as Parquet parts (partitioned by response_lang)
+        -> the driver counts the one-row summaries that come back
 
 Resumable: a rerun into an unfinished output draws only the sample indices it lacks, so a
 crash loses at most the batches in flight. Actors that die are restarted by Ray and their
-batches retried (Ray Data's default max_restarts/max_task_retries = -1); rows are written
-only by the driver, once, when a batch comes back.
+batches retried (Ray Data's default max_restarts/max_task_retries = -1); a batch's part
+names derive from its work items, so a retry overwrites what its dead attempt wrote.
+The finished pool is checked for duplicate row identities before it is marked done.
 """
 from __future__ import annotations
 
@@ -21,17 +23,26 @@ import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
-from bestofl import pool, sampling, storage
-from bestofl.config import SampleConfig, parse_command_line
+from bestofl import pool, preflight, sampling, storage
+from bestofl.config import SampleConfig
+from bestofl.plan import command_main
 from bestofl.languages import resolve_languages
 from bestofl.questions import load_questions
 from bestofl.ray_runtime import init_ray
 
 
+def check(cfg: SampleConfig) -> None:
+    """What fails before any Ray work: the model, and a KV cache too small for it."""
+    sampling.check_model(cfg.model)
+    sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
+
+
 def run(cfg: SampleConfig) -> dict[str, Any]:
     if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
         cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
-    sampling.check_model(cfg.model)
+    if "://" not in cfg.output:  # actors write the output themselves
+        cfg = dataclasses.replace(cfg, output=os.path.abspath(cfg.output))
+    check(cfg)
     if cfg.mode == "forcing":
         questions = load_questions(cfg.questions, [cfg.question_lang], cfg.limit, cfg.skip_malformed)
         languages = resolve_languages(cfg.languages) if cfg.languages else sorted(
@@ -42,6 +53,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     if not questions or not languages:
         raise ValueError(f"no questions to sample from {cfg.questions} (languages {languages})")
     model = sampling.model_name(cfg)
+    preflight.require(cfg)  # before writing anything: fails in seconds where Ray would wait forever
 
     if storage.prepare_output(cfg.output, cfg.overwrite):
         sampling.check_resumable(cfg.output, cfg)
@@ -72,14 +84,16 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
             runtime_env={"env_vars": dict(a.env_vars)} if a.env_vars else None)
         with tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True) as bar:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
-                pool.write_pool(table, cfg.output)
                 first = first or time.perf_counter() - start
-                new += table.num_rows
-                tokens += pc.sum(table.column("num_tokens")).as_py() or 0
-                errors += table.num_rows - table.column("error").null_count
-                bar.update(table.num_rows)
+                rows = pc.sum(table.column("rows")).as_py() or 0
+                new += rows
+                tokens += pc.sum(table.column("tokens")).as_py() or 0
+                errors += pc.sum(table.column("errors")).as_py() or 0
+                bar.update(rows)
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}", errors=errors)
     seconds = time.perf_counter() - start
+    pool.drop_staging(cfg.output)  # what actors killed mid-write left (readers skip it anyway)
+    pool.check_identity(pool.read_pool(cfg.output, columns=list(pool.IDENTITY)))
     summary = {"questions": n_questions, "languages": languages, "mode": cfg.mode, "model": model,
                "samples": already + new, "new_samples": new, "generated_tokens": tokens,
                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
@@ -93,8 +107,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("sample", argv))
-    return 0
+    return command_main("sample", argv, run)
 
 
 if __name__ == "__main__":

@@ -24,8 +24,10 @@ import ray
 from omegaconf import OmegaConf
 from ray.data.datasource import Partitioning
 
-from bestofl import pool, scoring, storage
-from bestofl.config import ScoreConfig, parse_command_line
+from bestofl import pool, preflight, scoring, storage
+from bestofl.config import ScoreConfig
+from bestofl.models import HUB_ID
+from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 
 # A partial output may only be continued by the same job: other scores would mix in.
@@ -33,8 +35,11 @@ SAME_JOB_KEYS = ("input", "model", "max_length", "dtype")
 
 
 def _local(uri: str) -> str:
-    # Actors on other nodes run in other folders: hand them absolute paths.
-    return uri if "://" in uri else os.path.abspath(uri)
+    # Actors on other nodes run in other folders: hand them absolute paths (URIs and hub
+    # ids stay as they are).
+    if "://" in uri or (not os.path.exists(uri) and HUB_ID.match(uri)):
+        return uri
+    return os.path.abspath(uri)
 
 
 def _check_same_job(cfg: ScoreConfig) -> None:
@@ -63,6 +68,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     if source.num_rows == 0:
         raise pool.PoolError(f"input pool {cfg.input} holds no rows")
     pool.check_identity(source)
+    preflight.require(cfg)  # before writing anything: fails in seconds where Ray would wait forever
 
     resuming = storage.prepare_output(cfg.output, cfg.overwrite)
     dropped: list[str] = []
@@ -130,8 +136,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("score", argv))
-    return 0
+    return command_main("score", argv, run)
 
 
 if __name__ == "__main__":

@@ -12,7 +12,9 @@ from typing import Sequence
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bestofl.config import ServeConfig, parse_command_line
+from bestofl import preflight, sampling, scoring
+from bestofl.config import ServeConfig
+from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 from bestofl.serving import PROXY_CHECK_ENV, build_app
 
@@ -22,6 +24,8 @@ APP_NAME = "bestofl"
 def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
     """Deploy the app (waits until healthy); with `block`, serve until SIGINT/SIGTERM, then
     delete it. Serve's HTTP options are cluster-wide: an already running Serve keeps its own."""
+    check(cfg)
+    preflight.require(cfg)  # fails in seconds where Ray would wait forever
     init_ray(cfg.ray)
     serve.start(http_options={"host": cfg.host, "port": cfg.port},
                 controller_options={"runtime_env": {"env_vars": PROXY_CHECK_ENV}})
@@ -47,9 +51,16 @@ def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
     return handle
 
 
+def check(cfg: ServeConfig) -> None:
+    """The models must be there before Ray and Serve start (else replicas fail in a loop)."""
+    scoring.check_model(cfg.model, cfg.trust_remote_code)
+    if cfg.generator:
+        sampling.check_model(cfg.generator)
+        sampling.check_kv_cache(sampling.engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus))
+
+
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("serve", argv))
-    return 0
+    return command_main("serve", argv, run)
 
 
 if __name__ == "__main__":

@@ -30,8 +30,9 @@ from omegaconf import OmegaConf
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
-from bestofl import pool, storage
-from bestofl.config import TrainRMConfig, parse_command_line
+from bestofl import pool, preflight, storage
+from bestofl.config import TrainRMConfig
+from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 from bestofl.reward import data, training
 
@@ -229,8 +230,7 @@ def _drop(fs: pafs.FileSystem, path: str) -> None:
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    run(parse_command_line("train_rm", argv))
-    return 0
+    return command_main("train_rm", argv, run, preflight.require)  # --dry-run: the plan
 
 
 if __name__ == "__main__":

@@ -46,6 +46,34 @@ def tiny_rm(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def s3_server():
+    """A local S3-compatible server (moto) on 127.0.0.1 with the bucket `bestofl-test`;
+    plain s3:// URIs reach it through the standard AWS_* variables (set for the rest of
+    the session), as they reach MinIO/Ceph/R2 on a cluster. Yields those variables, for
+    Ray actors (started before them) to get as env_vars."""
+    import socket
+
+    import pyarrow.fs as pafs
+    from moto.server import ThreadedMotoServer
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
+    server.start()
+    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
+           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
+           "AWS_EC2_METADATA_DISABLED": "true"}
+    with pytest.MonkeyPatch.context() as mp:
+        for k, v in env.items():
+            mp.setenv(k, v)
+        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
+                          allow_bucket_creation=True).create_dir("bestofl-test")
+        yield env
+    server.stop()
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """The session's one Ray instance: a head and two worker nodes on this machine.
 

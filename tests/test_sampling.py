@@ -84,28 +84,49 @@ def _engine_args(*overrides):
 def test_engine_args_follow_the_platform():
     cpu = _engine_args("engine.enable_chunked_prefill=true", "engine.extra={max_num_seqs: 8}")
     assert cpu["kv_cache_memory_bytes"] == 256 * 2**20 and cpu["enable_chunked_prefill"] is False
+    assert cpu["enforce_eager"] is True
     assert "gpu_memory_utilization" not in cpu and cpu["max_num_seqs"] == 8
-    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2",
-                       "engine.kv_cache_memory_bytes=null")
+    # Only the GPUs set: none of the CPU sizes reach the GPU engine.
+    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2")
     assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
+    assert gpu["enforce_eager"] is False and "enable_chunked_prefill" not in gpu
     assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
+    # Explicit values win on GPUs; the CPU keeps chunked prefill off (seeded prefill crashes it).
+    pinned = _engine_args("actors.num_gpus=1", "engine.kv_cache_memory_bytes=1000000000",
+                          "engine.enforce_eager=true", "engine.enable_chunked_prefill=false")
+    assert pinned["kv_cache_memory_bytes"] == 10**9 and pinned["enforce_eager"] is True
+    assert pinned["enable_chunked_prefill"] is False
+    assert _engine_args("engine.kv_cache_memory_bytes=1000000000")["kv_cache_memory_bytes"] == 10**9
     # dtype auto: bf16 on GPUs; on CPUs only where bf16 is native (AVX2 emulates it, slowly)
     assert gpu["dtype"] == "bfloat16"
     assert cpu["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
     assert _engine_args("engine.dtype=float32", "actors.num_gpus=1")["dtype"] == "float32"
     assert cpu["seed"] == 0
     # serve's generator: the same rules, no run seed
-    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1",
-                                        "engine.kv_cache_memory_bytes=null"])
+    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1"])
     gen = sampling.engine_args(serve.generator, serve.engine, serve.generator_num_gpus)
     assert gen["model"] == "lm" and gen["dtype"] == "bfloat16" and "seed" not in gen
     assert gen["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gen
+    assert gen["enforce_eager"] is False
+
+
+def test_kv_cache_too_small_for_one_sequence_is_refused(tiny_lm):
+    args = _engine_args(f"model={tiny_lm}")
+    need = sampling.check_kv_cache(args)  # the default fits the tiny model
+    assert need and need <= args["kv_cache_memory_bytes"]
+    with pytest.raises(ValueError, match="kv_cache_memory_bytes=.*max_model_len=2048"):
+        sampling.check_kv_cache({**args, "kv_cache_memory_bytes": need - 1})
+    assert sampling.check_kv_cache({**args, "model": "Org/not-cached-here"}) is None
 
 
 @pytest.mark.parametrize("overrides,message", [
-    (["engine.kv_cache_memory_bytes=null"], "kv_cache_memory_bytes"),
     (["actors.num_gpus=1", "engine.tensor_parallel_size=2"], "tensor_parallel_size"),
     (["n=0"], "n must be"),
+    (["engine.extra={trust_remote_code: true}"], "engine.extra.trust_remote_code"),
+    (["engine.extra={kv_cache_memory_bytes: 1}"], "use engine.kv_cache_memory_bytes"),
+    (["engine.extra={seed: 3}"], "engine.extra.seed"),
+    (["engine.gpu_memory_utilization=1.5"], "gpu_memory_utilization"),
+    (["actors.num_cpus=-1"], "num_cpus"),
 ])
 def test_bad_config_values_are_named(overrides, message):
     with pytest.raises(ConfigError, match=message):
@@ -138,8 +159,18 @@ class FaultyEngine:
             for i in range(params.n)])
 
 
-def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm):
+def _offline_sampler(tiny_lm, engine, *overrides):
     from transformers import AutoTokenizer
+
+    sampler = sampling.Sampler.__new__(sampling.Sampler)  # no engine start: the fault is the point
+    sampler.cfg, sampler.model = _cfg("n=2", *overrides), "m"
+    sampler.requests_sent = sampler.parts_written = 0
+    sampler.tokenizer, sampler.max_model_len = AutoTokenizer.from_pretrained(tiny_lm), 1024
+    sampler.engine = engine
+    return sampler
+
+
+def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm, tmp_path):
     from vllm.v1.engine.exceptions import EngineDeadError, EngineGenerateError
 
     items = [{"qid": q, "question_lang": "en", "response_lang": "en", "question": "1 + 2?",
@@ -147,21 +178,45 @@ def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm):
     bad_seed = sampling.sample_seed(0, "q-bad", "en", "en", 0)
     wrapped = EngineGenerateError()
     wrapped.__cause__ = ValueError("sampling parameters rejected")
-    sampler = sampling.Sampler.__new__(sampling.Sampler)  # no engine start: the fault is the point
-    sampler.cfg, sampler.model, sampler.requests_sent = _cfg("n=2"), "m", 0
-    sampler.tokenizer, sampler.max_model_len = AutoTokenizer.from_pretrained(tiny_lm), 1024
-    sampler.engine = FaultyEngine({bad_seed: wrapped})
-
-    rows = {(r["qid"], r["sample_idx"]): r for r in asyncio.run(sampler(pa.Table.from_pylist(items))).to_pylist()}
+    out = tmp_path / "pool"
+    sampler = _offline_sampler(tiny_lm, FaultyEngine({bad_seed: wrapped}), f"output={out}")
+    summary = asyncio.run(sampler(pa.Table.from_pylist(items))).to_pylist()
+    assert summary == [{"rows": 4, "tokens": 6, "errors": 2}]  # the actor wrote the rows
+    parts = _part_files(out)
+    rows = {(r["qid"], r["sample_idx"]): r for r in pool.read_pool(str(out)).to_pylist()}
     assert sorted(rows) == [("q-bad", 0), ("q-bad", 1), ("q-good", 0), ("q-good", 1)]
     for i in (0, 1):
         assert rows["q-bad", i]["error"] == "ValueError: sampling parameters rejected"
         assert rows["q-bad", i]["response"] == "" and rows["q-bad", i]["correct"] is None
         good = rows["q-good", i]
         assert good["error"] is None and good["correct"] and good["num_tokens"] == 3
+    # A retried batch (its actor died after writing) overwrites its own parts: no duplicates.
+    asyncio.run(sampler(pa.Table.from_pylist(items)))
+    assert _part_files(out) == parts and pool.read_pool(str(out)).num_rows == 4
     sampler.engine = FaultyEngine({bad_seed: EngineDeadError()})  # no engine: the job stops
     with pytest.raises(EngineDeadError):
         asyncio.run(sampler(pa.Table.from_pylist(items)))
+
+
+def test_per_call_seeding_sends_no_request_seeds(tiny_lm, tmp_path):
+    class Recording(FaultyEngine):
+        async def generate(self, prompt, params, request_id):
+            seeds.append(params.seed)
+            async for out in super().generate(prompt, params, request_id):
+                yield out
+
+    seeds: list = []
+    items = [{"qid": "q", "question_lang": "en", "response_lang": "en", "question": "1 + 2?",
+              "gold": "3", "sample_idxs": [0, 1]}]
+    for seeding, expected in (("per_request", [sampling.sample_seed(0, "q", "en", "en", 0)]),
+                              ("per_call", [None])):
+        seeds.clear()
+        out = tmp_path / seeding
+        asyncio.run(_offline_sampler(tiny_lm, Recording({}), f"output={out}", f"seeding={seeding}")(
+            pa.Table.from_pylist(items)))
+        assert seeds == expected
+        row_seeds = pool.read_pool(str(out)).column("seed").to_pylist()
+        assert row_seeds == ([None, None] if seeding == "per_call" else [expected[0], expected[0] + 1])
 
 
 def test_resume_refuses_other_sampling_settings(tmp_path):
@@ -200,28 +255,23 @@ def _part_files(output) -> set[str]:
 
 @pytest.fixture(scope="module")
 def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
-    """A parallel-mode run that dies after writing two batches, then its rerun."""
+    """A parallel-mode run whose actor dies after writing two batches' parts, then its rerun."""
+    import traceback
+
     out = tmp_path_factory.mktemp("parallel") / "pool"
-    run, cfg = _run_cfg(questions_file, tiny_lm, out)
-    real_write, writes = pool.write_pool, []
-
-    def crash_after_two(table, uri, *args, **kwargs):
-        if len(writes) == 2:
-            raise RuntimeError("injected crash")
-        real_write(table, uri, *args, **kwargs)
-        writes.append(table.num_rows)
-
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setattr(pool, "write_pool", crash_after_two)
-        with pytest.raises(RuntimeError, match="injected crash"):
-            run(cfg)
+    run, cfg = _run_cfg(questions_file, tiny_lm, out,
+                        f"actors.env_vars.{sampling.FAULT_ENV}='2'")
+    with pytest.raises(Exception) as crash:
+        run(cfg)
+    assert "injected crash" in "".join(traceback.format_exception(crash.value))
     first = {f: Path(f).read_bytes() for f in _part_files(out)}
     first_table = pool.read_pool(str(out))
     assert not storage.is_finished(str(out))
+    run, cfg = _run_cfg(questions_file, tiny_lm, out)
     summary = run(cfg)
     return {"out": out, "first": first, "first_table": first_table,
-            "rows_first": first_table.num_rows, "writes": writes,
-            "summary": summary, "table": pool.read_pool(str(out))}
+            "rows_first": first_table.num_rows, "summary": summary,
+            "table": pool.read_pool(str(out))}
 
 
 def _expected_parallel():
@@ -240,7 +290,7 @@ def test_parallel_pool_has_every_identity_once(parallel):
 
 def test_resume_samples_only_what_the_crash_lost(parallel):
     total = len(_expected_parallel())
-    assert sum(parallel["writes"]) == parallel["rows_first"] and 0 < parallel["rows_first"] < total
+    assert 0 < parallel["rows_first"] < total
     s = parallel["summary"]
     assert s["new_samples"] == total - parallel["rows_first"] and s["samples"] == total
     for f, data in parallel["first"].items():  # the first run's files survive untouched

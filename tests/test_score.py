@@ -6,6 +6,7 @@ process on the same rows.
 """
 from __future__ import annotations
 
+import dataclasses
 import math
 import os
 
@@ -179,6 +180,30 @@ def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
         score_pipeline.run(_cfg(source[0], tmp_path / "empty", output))
     assert not output.exists()
+
+
+def test_reward_model_from_s3(ray_cluster, s3_server, tiny_rm, source, expected, tmp_path,
+                              monkeypatch):
+    """model=s3://...: the driver checks it and each actor copies it (safetensors only)
+    into its node's cache; the scores are the local folder's."""
+    import pyarrow.fs as pafs
+
+    from bestofl.models import CACHE_ENV
+    from pipelines.score import run
+
+    fs, path = pafs.FileSystem.from_uri("s3://bestofl-test/score/rm")
+    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    env = {**s3_server, CACHE_ENV: str(tmp_path / "cache")}  # actors started before the server
+    monkeypatch.setenv(CACHE_ENV, env[CACHE_ENV])  # the driver's check copies it too
+    out = tmp_path / "out"
+    cfg = _cfg(source[0], "s3://bestofl-test/score/rm", out)  # two actors, one per node
+    run(dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, env_vars=env)))
+    got = {_key(r): r["score"] for r in pool.read_pool(str(out)).to_pylist()}
+    assert got.keys() == expected.keys()
+    for key, value in expected.items():
+        assert (got[key] is None) if value is None else got[key] == pytest.approx(value, abs=1e-4)
+    assert len(os.listdir(tmp_path / "cache")) == 2  # one copy (and its lock) for both actors
 
 
 def test_sort_by_length_drops_done_rows_and_groups_lengths(source):

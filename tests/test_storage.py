@@ -8,43 +8,19 @@ from __future__ import annotations
 
 import json
 import os
-import socket
 
 import pyarrow.fs as pafs
 import pytest
 
 from bestofl import pool, storage
 
-BUCKET = "bestofl-test"
+BUCKET = "bestofl-test"  # created by the s3_server fixture (conftest.py)
 
 
 def _rows(lang: str, n: int, offset: int = 0) -> list[dict]:
     return [dict(qid=f"q{i}", question_lang=lang, response_lang=lang, sample_idx=0, model="m",
                  method="hand", response=f"the answer is {i}", answer=str(i), gold=str(i),
                  correct=True) for i in range(offset, offset + n)]
-
-
-@pytest.fixture(scope="module")
-def s3_server():
-    """A local S3-compatible server (moto) on 127.0.0.1; plain s3:// URIs reach it through
-    the standard AWS_* variables, as they reach MinIO/Ceph/R2 on a cluster."""
-    from moto.server import ThreadedMotoServer
-
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = ThreadedMotoServer(ip_address="127.0.0.1", port=port, verbose=False)
-    server.start()
-    env = {"AWS_ENDPOINT_URL": f"http://127.0.0.1:{port}", "AWS_ACCESS_KEY_ID": "testing",
-           "AWS_SECRET_ACCESS_KEY": "testing", "AWS_DEFAULT_REGION": "us-east-1",
-           "AWS_EC2_METADATA_DISABLED": "true"}
-    with pytest.MonkeyPatch.context() as mp:
-        for k, v in env.items():
-            mp.setenv(k, v)
-        pafs.S3FileSystem(endpoint_override=f"127.0.0.1:{port}", scheme="http",
-                          allow_bucket_creation=True).create_dir(BUCKET)
-        yield env
-    server.stop()
 
 
 @pytest.fixture(params=["file", "s3"])
