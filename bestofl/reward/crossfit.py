@@ -122,12 +122,14 @@ def _cross_fit(job: TrainingJob) -> dict[str, Any]:
     fs, base = storage.filesystem(job.storage_path)
     qids = table.column("qid").to_pylist()
     scores: dict[int, Optional[float]] = {}
+    kept = [k for k in range(cfg.cv) if storage.is_finished(storage.join(cfg.output, f"fold-{k}"))]
+    if kept:  # scores an earlier run wrote for its finished folds
+        scores.update(_written_scores(pool_uri, table, {q for k in kept for q in folds[k]}))
     for k, held_out in enumerate(folds):
         fold_out = storage.join(cfg.output, f"fold-{k}")
         held = set(held_out)
-        if storage.is_finished(fold_out):
+        if k in kept:
             print(f"bestofl train-rm: fold {k} already finished, kept", flush=True)
-            scores.update(_written_scores(pool_uri, table, held))
             continue
         result = fit(cfg, [r for r in rows if r["qid"] not in held],
                      [r for r in rows if r["qid"] in held], fold_out, k,
@@ -165,7 +167,9 @@ def fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: s
     """Train one model on `train_rows`, validate on `val_rows`. The workers write the HF
     folder and metrics.jsonl to `out`; this adds bestofl_rm.json and the model card."""
     examples, stats = data.training_examples(train_rows, cfg.objective, cfg.pair_scope,
-                                             cfg.max_pairs_per_question, cfg.seed)
+                                             cfg.max_pairs_per_question, cfg.seed,
+                                             cross_fraction=cfg.cross_fraction,
+                                             max_total=cfg.max_pairs)
     per_step = cfg.num_workers * cfg.batch_size * cfg.grad_accum
     steps_per_epoch = len(examples) // cfg.num_workers // (cfg.batch_size * cfg.grad_accum)
     if steps_per_epoch < 1:
