@@ -13,6 +13,7 @@ carry the validation report and scores, which the driver reads from the Ray Trai
 from __future__ import annotations
 
 import dataclasses
+import logging
 import math
 import resource
 import tempfile
@@ -249,7 +250,11 @@ def train_loop(config: WorkerConfig) -> None:
 # ---------------------------------------------------------------- set-up and resume
 def _start_engine(config: WorkerConfig) -> _Worker:
     import deepspeed  # heavy: workers only
+    from ray.train.v2._internal.execution import context as train_context
 
+    # Ray Train logs every report's metrics from every worker at INFO; the final one
+    # carries all validation scores. Our own line per report says what matters.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
     device = ray.train.torch.get_device()
     if device.type == "cuda":
