@@ -148,7 +148,7 @@ def main() -> None:
     engines = {}
     for stage in (2, 3):
         model, tok = load_reward_model(str(path), dtype="bfloat16")
-        ds_cfg = training.deepspeed_config(stage, True, False, args.batch, 1, 1, 1.0, 1e-5, 0.0)
+        ds_cfg = training.deepspeed_config(stage, True, False, args.batch, 1, 1.0, 1e-5, 0.0)
         opt = torch.optim.AdamW(model.parameters(), lr=1e-5)
         engine, *_ = deepspeed.initialize(model=training.ScalarRM(model), optimizer=opt, config=ds_cfg,
                                           dist_init_required=False)

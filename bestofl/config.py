@@ -173,6 +173,7 @@ class DeepSpeedConfig:
     zero_stage: int = MISSING  # 2 or 3
     bf16: bool = MISSING
     offload_optimizer: bool = MISSING
+    overlap_comm: bool = MISSING  # overlap gradient reduction with backward (GPUs)
 
     def check(self) -> None:
         if self.zero_stage not in (0, 1, 2, 3):
@@ -188,6 +189,8 @@ class TrainRMConfig:
     objective: str = MISSING  # pairwise | pointwise
     pair_scope: str = MISSING  # within | cross | both
     max_pairs_per_question: int = MISSING  # pairs (pairwise) or examples (pointwise) per question
+    max_pairs: Optional[int] = MISSING  # in all (null: no cap), so two runs can see as many
+    cross_fraction: float = MISSING  # pair_scope=both: share of cross-language pairs
     max_length: int = MISSING
     val_fraction: float = MISSING
     epochs: int = MISSING
@@ -201,6 +204,10 @@ class TrainRMConfig:
     log_every: int = MISSING  # optimizer steps between reports; 0: each epoch end
     eval_every: int = MISSING  # steps between validations; 0: each epoch end; <0: only at the end
     save_every: int = MISSING  # steps between checkpoints; 0: each epoch end; <0: only at the end
+    num_to_keep: int = MISSING  # checkpoints kept while training (the latest always)
+    tensorboard: bool = MISSING  # event files in <model folder>/tensorboard/
+    tracker: Optional[str] = MISSING  # null | mlflow | wandb (needs that package)
+    tracker_project: str = MISSING  # MLflow experiment / W&B project
     seed: int = MISSING
     num_workers: int = MISSING
     use_gpu: bool = MISSING
@@ -233,6 +240,14 @@ class TrainRMConfig:
                 raise ValueError(f"{key} must be >= 1, got {getattr(self, key)}")
         if not 0 <= self.warmup_ratio <= 1:
             raise ValueError(f"warmup_ratio must be in [0, 1], got {self.warmup_ratio}")
+        if not 0 <= self.cross_fraction <= 1:
+            raise ValueError(f"cross_fraction must be in [0, 1], got {self.cross_fraction}")
+        if self.max_pairs is not None and self.max_pairs < 1:
+            raise ValueError(f"max_pairs must be >= 1 or null, got {self.max_pairs}")
+        if self.num_to_keep < 1:
+            raise ValueError(f"num_to_keep must be >= 1, got {self.num_to_keep}")
+        if self.tracker not in (None, "mlflow", "wandb"):
+            raise ValueError(f"tracker must be null, mlflow or wandb, got {self.tracker!r}")
 
 
 @dataclass

@@ -58,7 +58,8 @@ def _train_rm(cfg: Any) -> dict[str, Any]:
         "gpus": cfg.num_workers if cfg.use_gpu else 0,
         "global_batch": cfg.num_workers * cfg.batch_size * cfg.grad_accum,
         "deepspeed": deepspeed_config(ds.zero_stage, ds.bf16, ds.offload_optimizer, cfg.batch_size,
-                                      cfg.grad_accum, cfg.max_grad_norm, cfg.lr, cfg.weight_decay),
+                                      cfg.grad_accum, cfg.max_grad_norm, cfg.lr, cfg.weight_decay,
+                                      ds.overlap_comm),
         "storage": {"output": _storage(cfg.output), "checkpoints": _storage(path)},
     }
 

@@ -56,6 +56,46 @@ def test_both_scope_balances_within_and_cross():
     assert len(pairs) == 8 and same == 4  # 6 within buckets vs 30 cross buckets, still half
 
 
+@pytest.mark.parametrize("limit", [8, 20, 40])
+def test_both_scope_is_half_within_half_cross_however_many_buckets(limit):
+    # 6 within buckets (4 pairs each) against 30 cross buckets: half each at any limit.
+    rows = make_rows({"q1": {lang: "ccxx" for lang in ("en", "de", "fr", "es", "ru", "zh")}})
+    pairs = pairwise_examples(rows, "both", limit, seed=1)
+    same = sum(lang_of(p["response_a"]) == lang_of(p["response_b"]) for p in pairs)
+    assert len(pairs) == limit and same == limit // 2
+    assert len({(p["response_a"], p["response_b"]) for p in pairs}) == limit
+    # Within pairs spread over the languages (round-robin), not one language's four.
+    within_langs = Counter(lang_of(p["response_a"]) for p in pairs
+                           if lang_of(p["response_a"]) == lang_of(p["response_b"]))
+    assert max(within_langs.values()) - min(within_langs.values()) <= 1
+
+
+def test_cross_fraction_and_a_short_kind():
+    rows = make_rows({"q1": {lang: "ccxx" for lang in ("en", "de", "fr", "es")}})
+    pairs = pairwise_examples(rows, "both", 16, seed=0, cross_fraction=0.25)
+    cross = sum(lang_of(p["response_a"]) != lang_of(p["response_b"]) for p in pairs)
+    assert len(pairs) == 16 and cross == 4
+    # Only 2 within pairs exist (en: 1 correct x 2 wrong): cross takes the rest of 10.
+    rows = make_rows({"q1": {"en": "cxx", "de": "ccc", "fr": "xxx"}})
+    pairs = pairwise_examples(rows, "both", 10, seed=0)
+    same = sum(lang_of(p["response_a"]) == lang_of(p["response_b"]) for p in pairs)
+    assert same == 2 and len(pairs) == 10
+
+
+def test_max_pairs_makes_scopes_comparable():
+    rows = make_rows({f"q{i}": {lang: "ccxx" for lang in ("en", "de", "fr")} for i in range(6)})
+    sizes = {}
+    for scope in ("within", "cross", "both"):
+        examples, stats = training_examples(rows, "pairwise", scope, 16, seed=0, max_total=20)
+        sizes[scope] = (len(examples), stats["examples"])
+        assert len({(e["qid"], e["response_a"], e["response_b"]) for e in examples}) == len(examples)
+    assert set(sizes.values()) == {(20, 20)}
+    uncapped, _ = training_examples(rows, "pairwise", "within", 16, seed=0)
+    assert len(uncapped) == 6 * 12  # 3 languages x 2 x 2 per question: the cap was binding
+    points, _ = training_examples(rows, "pointwise", "both", 16, seed=0, max_total=5)
+    assert len(points) == 5
+
+
 def test_pairs_are_capped_and_spread_over_languages():
     rows = make_rows({f"q{i}": {"en": "c" * 20 + "x" * 20, "de": "cx"} for i in range(5)})
     pairs = pairwise_examples(rows, "within", 6, seed=0)

@@ -2,22 +2,32 @@
 
 Data: a slice of the real s1.1-7B traces (4 languages x 5 methods), graded by their last
 \\boxed{} number, with a verdict line appended to each response so that the tiny random
-reward model has an easy, separable signal to learn in a few dozen steps. Two runs (four
-Ray Train fits in all), each shared by several tests:
-- ZeRO-2, pairwise, 2 workers, one per simulated node; a fault injected after the first
-  checkpoint, then a rerun that resumes from it;
-- ZeRO-3, pointwise, cv=2 (two fits): out-of-fold scores for every row.
+reward model has an easy, separable signal to learn in a few dozen steps. Two runs, each
+shared by several tests (the trained models are the inputs of the later tests):
+- ZeRO-2, pairwise, 2 workers, one per simulated node: a worker process killed from
+  outside once a mid-epoch checkpoint exists; a rerun with a planted pickle in that
+  checkpoint, refused; a rerun that resumes from it;
+- ZeRO-3, pointwise, cv=2: fold 0 killed the same way and resumed from its mid-epoch
+  checkpoint, then fold 1; out-of-fold scores for every row.
 """
 from __future__ import annotations
 
 import gzip
+import importlib.util
 import json
+import os
 import re
+import shlex
+import signal
+import threading
 
 import pyarrow as pa
 import pyarrow.compute as pc
 import pytest
+import ray
 import ray.train
+import torch
+import yaml
 
 from bestofl import pool, storage
 from bestofl.config import load_config
@@ -63,6 +73,67 @@ def metrics_lines(folder) -> list[dict]:
     return [json.loads(line) for line in (folder / "metrics.jsonl").read_text().splitlines()]
 
 
+class WorkerKiller(threading.Thread):
+    """The fault: SIGKILL one Ray Train worker process once the run in `storage` has
+    registered a checkpoint and `model_dir`'s metrics.jsonl shows a later step (so the
+    rerun redoes a step the killed run logged)."""
+
+    def __init__(self, storage, model_dir) -> None:
+        super().__init__(daemon=True)
+        self.storage, self.model_dir = storage, model_dir
+        self.killed_after: int | None = None  # the checkpoint's step
+        self.stop = threading.Event()
+
+    def _checkpoint_step(self) -> int | None:
+        steps = [int(m) for snapshot in self.storage.glob("*/checkpoint_manager_snapshot.json")
+                 for m in re.findall(r"checkpoint-(\d{6})", snapshot.read_text())]
+        return max(steps, default=None)
+
+    def _logged_step(self) -> int:
+        try:
+            return max((m["step"] for m in metrics_lines(self.model_dir)), default=0)
+        except (OSError, ValueError):  # not written yet, or being rewritten
+            return 0
+
+    def run(self) -> None:
+        while not self.stop.wait(0.05):
+            checkpoint = self._checkpoint_step()
+            if checkpoint is None or self._logged_step() <= checkpoint:
+                continue
+            workers = [a["Pid"] for a in ray._private.state.actors().values()
+                       if a["ActorClassName"] == "RayTrainWorker" and a["State"] == "ALIVE"]
+            if workers:
+                os.kill(max(workers), signal.SIGKILL)
+                self.killed_after = checkpoint
+                return
+
+
+def run_killed(cfg, storage, model_dir) -> int:
+    """Run `cfg` with a worker killed mid-run; returns the step of the checkpoint it had."""
+    from pipelines.train_rm import run
+
+    killer = WorkerKiller(storage, model_dir)
+    killer.start()
+    try:
+        with pytest.raises(ray.train.TrainingFailedError):
+            run(cfg)
+    finally:
+        killer.stop.set()
+        killer.join()
+    assert killer.killed_after, "the run finished before the fault was injected"
+    return killer.killed_after
+
+
+class Planted:
+    """Unpickling this runs `touch MARKER`: what a hostile file in a checkpoint would do."""
+
+    def __init__(self, marker) -> None:
+        self.marker = marker
+
+    def __reduce__(self):
+        return os.system, (f"touch {self.marker}",)
+
+
 @pytest.fixture(scope="module")
 def pool_dir(shared_data, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "pool"
@@ -72,8 +143,9 @@ def pool_dir(shared_data, tmp_path_factory):
 
 @pytest.fixture(scope="module")
 def zero2_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
-    """Pairwise, ZeRO-2, one worker per simulated node; fails after step 8, then resumes."""
-    from pipelines.train_rm import FAULT_ENV, run
+    """Pairwise, ZeRO-2, one worker per simulated node: a worker killed after the step-8
+    checkpoint; a rerun with a planted pickle in it (refused); a rerun that resumes."""
+    from pipelines.train_rm import run
 
     out = tmp_path_factory.mktemp("rm") / "zero2"
     cfg = load_config("train_rm", None, [
@@ -81,41 +153,84 @@ def zero2_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
         "objective=pairwise", "pair_scope=both", "epochs=2", "val_fraction=0.25",
         "log_every=4", "save_every=8", "eval_every=0", "resources_per_worker={sim_node: 1}",
         "deepspeed.zero_stage=2"])
-    with pytest.MonkeyPatch.context() as mp, pytest.raises(ray.train.TrainingFailedError):
-        mp.setenv(FAULT_ENV, "8")
-        run(cfg)
+    checkpoint_step = run_killed(cfg, out / "ray", out)
     interrupted = metrics_lines(out)
+
+    # A hostile file in the checkpoint: the genuine state plus an object whose unpickling
+    # runs a command. The rerun must refuse it before building it.
+    [state] = (out / "ray").glob(f"*/checkpoint-{checkpoint_step:06d}/state/mp_rank_00_model_states.pt")
+    genuine = state.read_bytes()
+    marker = out.parent / "planted-code-ran"
+    planted = torch.load(state, weights_only=False)  # our own file
+    planted["note"] = Planted(marker)
+    torch.save(planted, state)
+    with pytest.raises(ValueError) as refused:
+        run(cfg)
+    tampered = {"error": str(refused.value), "marker": marker.exists(),
+                "lines": metrics_lines(out)}
+    state.write_bytes(genuine)
+
     summary = run(cfg)
-    return out, cfg, summary, interrupted
+    return out, cfg, summary, interrupted, checkpoint_step, tampered
 
 
 @pytest.fixture(scope="module")
 def zero3_cv_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
-    """Pointwise, ZeRO-3, cv=2: two fits, out-of-fold scores for every row."""
+    """Pointwise, ZeRO-3, cv=2: fold 0 killed after a mid-epoch checkpoint and resumed,
+    then fold 1; out-of-fold scores for every row."""
     from pipelines.train_rm import run
 
     out = tmp_path_factory.mktemp("rm") / "zero3cv"
     cfg = load_config("train_rm", None, [
         f"input=[{pool_dir}]", f"model={tiny_rm}", f"output={out}", *COMMON,
-        "objective=pointwise", "cv=2", "epochs=2", "log_every=0", "eval_every=-1",
-        "save_every=-1", "deepspeed.zero_stage=3"])
+        "objective=pointwise", "cv=2", "epochs=2", "log_every=8", "eval_every=-1",
+        "save_every=6", "num_to_keep=1", "deepspeed.zero_stage=3"])
+    checkpoint_step = run_killed(cfg, out / "ray", out / "fold-0")
+    interrupted = metrics_lines(out / "fold-0")
     summary = run(cfg)
-    return out, cfg, summary
+    return out, cfg, summary, interrupted, checkpoint_step
+
+
+def assert_resumed(lines: list[dict], interrupted: list[dict], checkpoint_step: int) -> None:
+    """The rerun continued from the checkpoint: each step reported once, and the steps
+    both runs trained after the checkpoint have the same loss."""
+    steps = [m["step"] for m in lines]
+    assert steps == sorted(set(steps)) and steps[-1] == lines[-1]["total_steps"]
+    assert all(m["resumed_from"] == 0 for m in lines if m["step"] <= checkpoint_step)
+    assert all(m["resumed_from"] == checkpoint_step for m in lines if m["step"] > checkpoint_step)
+    before = {m["step"]: m["loss"] for m in interrupted if m["step"] > checkpoint_step}
+    after = {m["step"]: m["loss"] for m in lines if m["step"] in before}
+    assert after, "no step logged by both runs after the checkpoint"
+    assert after == pytest.approx(before, rel=1e-5, abs=1e-6)
 
 
 def test_resume_continues_from_checkpoint(zero2_run):
-    out, cfg, _, interrupted = zero2_run
-    assert [m["step"] for m in interrupted] == [4, 8]  # the fault came right after step 8
+    out, _, _, interrupted, checkpoint_step, _ = zero2_run
+    assert checkpoint_step == 8  # mid-epoch (16 steps each)
+    assert [m["step"] for m in interrupted][:2] == [4, 8]
     lines = metrics_lines(out)
-    steps = [m["step"] for m in lines]
-    assert steps == list(range(4, lines[-1]["total_steps"] + 1, 4))  # each report once
-    assert [m["resumed_from"] for m in lines[:2]] == [0, 0]
-    assert all(m["resumed_from"] == 8 for m in lines[2:])  # not restarted from scratch
+    assert [m["step"] for m in lines] == list(range(4, lines[-1]["total_steps"] + 1, 4))
+    assert_resumed(lines, interrupted, checkpoint_step)
     assert storage.is_finished(str(out)) and not (out / "ray").exists()
 
 
+def test_planted_pickle_in_a_checkpoint_is_refused(zero2_run):
+    out, _, _, interrupted, _, tampered = zero2_run
+    assert not tampered["marker"]  # its code never ran
+    assert "refusing to resume" in tampered["error"] and "posix.system" in tampered["error"]
+    assert tampered["lines"] == interrupted  # the run did not continue from it
+
+
+def test_zero3_resumes_from_a_mid_epoch_checkpoint(zero3_cv_run):
+    out, _, _, interrupted, checkpoint_step = zero3_cv_run
+    lines = metrics_lines(out / "fold-0")
+    assert checkpoint_step % 6 == 0 and checkpoint_step % (lines[-1]["total_steps"] // 2)
+    assert_resumed(lines, interrupted, checkpoint_step)
+    assert [m["step"] for m in lines] == [6, 8, 12, 16, 18, 24, 30, 32]  # saves and logs
+
+
 def test_pairwise_learns_the_signal(zero2_run):
-    out, _, summary, _ = zero2_run
+    out, _, summary, *_ = zero2_run
     lines = metrics_lines(out)
     assert lines[-1]["loss"] < lines[0]["loss"]
     evals = [m for m in lines if "val_pair_acc" in m]
@@ -127,7 +242,7 @@ def test_pairwise_learns_the_signal(zero2_run):
 
 
 def test_saved_model_scores_match_the_trainer(zero2_run, pool_dir):
-    out, cfg, _, _ = zero2_run
+    out, cfg, *_ = zero2_run
     meta = json.loads((out / "bestofl_rm.json").read_text())
     assert meta["objective"] == "pairwise" and meta["step"] == metrics_lines(out)[-1]["step"]
     assert not set(meta["train_qids"]) & set(meta["val_qids"])
@@ -145,8 +260,48 @@ def test_saved_model_scores_match_the_trainer(zero2_run, pool_dir):
         assert again["score_stats"][lang]["mean"] == pytest.approx(st["mean"], abs=1e-4)
 
 
+def tensorboard_scalars(folder) -> dict[str, set[int]]:
+    """tag -> steps, read from the TFRecord event files (no TensorBoard needed)."""
+    import struct
+
+    from tensorboardX.proto.event_pb2 import Event
+
+    found: dict[str, set[int]] = {}
+    for path in folder.glob("events.out.tfevents.*"):
+        data = path.read_bytes()
+        at = 0
+        while at < len(data):
+            (length,) = struct.unpack("<Q", data[at:at + 8])
+            event = Event.FromString(data[at + 12:at + 12 + length])
+            at += 12 + length + 4
+            for value in event.summary.value:
+                found.setdefault(value.tag, set()).add(event.step)
+    return found
+
+
+def test_model_card_and_tensorboard(zero2_run):
+    out, cfg, summary, *_ = zero2_run
+    text = (out / "README.md").read_text()
+    front = yaml.safe_load(text.split("---")[1])
+    assert front["base_model"] == cfg.model and front["library_name"] == "transformers"
+    assert front["pipeline_tag"] == "text-classification" and "reward-model" in front["tags"]
+    assert front["language"] == sorted(LANGS)
+    meta = json.loads((out / "bestofl_rm.json").read_text())
+    for lang in LANGS:  # validation metrics per language
+        accuracy = meta["lang_accuracy"][lang]
+        assert re.search(rf"^\| {lang} \| {accuracy:.3f} \|", text, re.M), lang
+    assert f"pair accuracy {summary['val_pair_acc']:.3f}" in text
+    # The exact command: its overrides give back this run's config.
+    command = re.search(r"```\n(bestofl train-rm .*)\n```", text).group(1)
+    assert load_config("train_rm", None, shlex.split(command)[2:]) == cfg
+    scalars = tensorboard_scalars(out / "tensorboard")
+    total = metrics_lines(out)[-1]["total_steps"]
+    assert set(range(4, total + 1, 4)) <= scalars["train-rm/loss"]
+    assert scalars["train-rm/val_pair_acc"] == {16, 32}
+
+
 def test_cross_fitting_scores_every_row_once(zero3_cv_run, pool_dir):
-    out, cfg, summary = zero3_cv_run
+    out, cfg, summary, *_ = zero3_cv_run
     source = pool.read_pool(str(pool_dir))
     scored = pool.read_pool(str(out / "pool"))
     pool.check_identity(scored)
@@ -163,10 +318,14 @@ def test_cross_fitting_scores_every_row_once(zero3_cv_run, pool_dir):
         fold_meta = json.loads((out / f"fold-{k}" / "bestofl_rm.json").read_text())
         assert sorted(fold_meta["val_qids"]) == sorted(folds[k])
         assert not set(fold_meta["train_qids"]) & set(folds[k])
+        assert f"cross-fitting fold {k}" in (out / f"fold-{k}" / "README.md").read_text()
+    # The out-of-fold pool says where its scores come from (evaluate reads it).
+    marker = json.loads((out / "pool" / "_SUCCESS").read_text())
+    assert marker["score_provenance"] == "cross_fit" and marker["rows"] == source.num_rows
 
 
 def test_zero3_checkpoint_scores_match_out_of_fold_scores(zero3_cv_run):
-    out, cfg, _ = zero3_cv_run
+    out, cfg, *_ = zero3_cv_run
     meta = json.loads((out / "bestofl_rm.json").read_text())
     model, tok = load_reward_model(str(out / "fold-0"))
     held = set(meta["folds"][0])
@@ -177,10 +336,23 @@ def test_zero3_checkpoint_scores_match_out_of_fold_scores(zero3_cv_run):
     assert again == pytest.approx([r["score"] for r in rows], abs=1e-4)
 
 
+def test_rerun_keeps_finished_folds(zero3_cv_run):
+    """The driver died after the last fold: the rerun trains nothing and rebuilds the
+    summary from the scores the folds wrote."""
+    from pipelines.train_rm import run
+
+    out, cfg, summary, *_ = zero3_cv_run
+    meta = json.loads((out / "bestofl_rm.json").read_text())
+    (out / "_SUCCESS").unlink()
+    (out / "bestofl_rm.json").unlink()
+    assert run(cfg) == summary
+    assert json.loads((out / "bestofl_rm.json").read_text()) == meta
+
+
 def test_finished_output_is_not_overwritten(zero3_cv_run):
     from pipelines.train_rm import run
 
-    out, cfg, _ = zero3_cv_run
+    out, cfg, *_ = zero3_cv_run
     with pytest.raises(FileExistsError, match="overwrite"):
         run(cfg)
 
@@ -203,6 +375,12 @@ def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
     pool.write_pool(pool.read_pool(str(pool_dir)).drop_columns(["correct"]), str(unlabelled))
     with pytest.raises(ValueError, match="correct"):
         run(load_config("train_rm", None, [f"input={unlabelled}", *base[1:]]))
+    for key in ("cross_fraction=1.5", "max_pairs=0", "num_to_keep=0", "tracker=neptune"):
+        with pytest.raises(ConfigError, match=key.split("=")[0]):
+            load_config("train_rm", None, [*base, key])
+    if importlib.util.find_spec("mlflow") is None:  # asked for, not installed: say so
+        with pytest.raises(ValueError, match="pip install mlflow"):
+            run(load_config("train_rm", None, [*base, "tracker=mlflow"]))
     assert not (tmp_path / "out").exists()  # nothing written, no Ray started
     # A partial output of another job (here: another seed) is not resumed by this one.
     storage.save_config(str(tmp_path / "out"), load_config("train_rm", None, [*base, "seed=7"]))

@@ -4,7 +4,7 @@ Rows the reward model reads are those `bestofl score` scores (no error, a non-bl
 response), with the pool's `prompt` as the question. From them:
 - pointwise examples: (prompt, response, label = correct);
 - Bradley-Terry pairs: a correct and an incorrect response to the same question, within
-  one response language, across two, or both.
+  one response language, across two, or both (a set share of each).
 Every question contributes at most `max_per_question` items, drawn round-robin over its
 languages (pointwise) or language pairs (pairwise), so neither a question with many
 samples nor a language with many wrong answers dominates. Splits and folds are by
@@ -118,12 +118,14 @@ def pointwise_examples(rows: Sequence[dict], max_per_question: int, seed: int,
 
 
 def pairwise_examples(rows: Sequence[dict], scope: str, max_per_question: int, seed: int,
-                      stats: Counter | None = None) -> list[dict]:
+                      stats: Counter | None = None, cross_fraction: float = 0.5) -> list[dict]:
     """Bradley-Terry pairs (a = correct, b = incorrect) of the same question.
 
-    Candidate pairs are bucketed by (language of a, language of b); buckets are visited
-    round-robin, and with scope `both` within- and cross-language buckets alternate so
-    each kind gets half the pairs a question gives.
+    Candidate pairs are bucketed by (language of a, language of b); buckets of a kind
+    (within one language, across two) are visited round-robin. With scope `both`, a
+    question gives `cross_fraction` of its pairs across languages and the rest within,
+    however many buckets of each kind it has; a kind that runs short leaves its share
+    to the other.
     """
     if scope not in ("within", "cross", "both"):
         raise ValueError(f"pair scope must be within|cross|both, got {scope!r}")
@@ -147,8 +149,7 @@ def pairwise_examples(rows: Sequence[dict], scope: str, max_per_question: int, s
                 (within if la == lb else cross).append(pairs)
         rng.shuffle(within)
         rng.shuffle(cross)
-        buckets = _interleave(within, cross)
-        picked = round_robin(buckets, max_per_question)
+        picked = _split_pick(within, cross, max_per_question, cross_fraction)
         for a, b in picked:
             out.append({"qid": qid, "prompt_a": a["prompt"] or "", "response_a": a["response"],
                         "prompt_b": b["prompt"] or "", "response_b": b["response"]})
@@ -160,15 +161,32 @@ def pairwise_examples(rows: Sequence[dict], scope: str, max_per_question: int, s
     return out
 
 
+def _split_pick(within: Sequence[Sequence[Any]], cross: Sequence[Sequence[Any]], limit: int,
+                cross_fraction: float) -> list[Any]:
+    """Up to `limit` items: round(limit x cross_fraction) from the cross buckets, the rest
+    from the within buckets (each kind round-robin), a short kind's share to the other."""
+    available_within = sum(map(len, within))
+    available_cross = sum(map(len, cross))
+    n_cross = min(round(limit * cross_fraction), available_cross)
+    n_within = min(limit - n_cross, available_within)
+    n_cross = min(limit - n_within, available_cross)  # what within could not fill
+    return _interleave(round_robin(within, n_within), round_robin(cross, n_cross))
+
+
 def training_examples(rows: Sequence[dict], objective: str, scope: str, max_per_question: int,
-                      seed: int) -> tuple[list[dict], Counter]:
-    """Examples for `objective` (pairwise | pointwise) and counts describing them."""
+                      seed: int, cross_fraction: float = 0.5, max_total: int | None = None
+                      ) -> tuple[list[dict], Counter]:
+    """Examples for `objective` (pairwise | pointwise) and counts describing them; at most
+    `max_total` in all (a uniform draw), so runs with other settings can see as many."""
     stats: Counter = Counter()
     if objective == "pairwise":
-        examples = pairwise_examples(rows, scope, max_per_question, seed, stats)
+        examples = pairwise_examples(rows, scope, max_per_question, seed, stats, cross_fraction)
     elif objective == "pointwise":
         examples = pointwise_examples(rows, max_per_question, seed, stats)
     else:
         raise ValueError(f"objective must be pairwise|pointwise, got {objective!r}")
+    if max_total is not None and len(examples) > max_total:
+        stats["dropped_by_max_pairs"] = len(examples) - max_total
+        examples = examples[:max_total]  # already shuffled
     stats["examples"] = len(examples)
     return examples, stats

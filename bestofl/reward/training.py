@@ -3,36 +3,94 @@
 Each worker reads its shard of the training examples (Ray Data), scores pairs or single
 responses with last-real-token pooling (`reward.model.forward_scores`), and steps a
 DeepSpeed engine. Every `log_every` / `eval_every` / `save_every` optimizer steps all
-workers call `ray.train.report` together; rank 0 prints a line and appends it to
-metrics.jsonl. Every checkpoint holds the DeepSpeed state, so a rerun after a crash
-resumes from the latest one; the last also holds the exported Hugging Face folder
-(`model/`), the final validation report and the validation scores, for the driver.
+workers report together (`_report`): reduce the window's loss and rates, validate,
+checkpoint, and at the last step export the Hugging Face folder into the output; rank 0
+records the metrics (stdout, metrics.jsonl, TensorBoard, an optional tracker). Every
+checkpoint holds the DeepSpeed state, so a rerun after a crash resumes from the latest
+one (`reward.checkpoint`: loaded without unpickling code). The final report's metrics
+carry the validation report and scores, which the driver reads from the Ray Train result.
 """
 from __future__ import annotations
 
-import json
+import dataclasses
+import logging
 import math
-import os
 import resource
 import tempfile
 import time
 from collections import defaultdict
-from typing import Any, Callable, Sequence
+from dataclasses import dataclass
+from typing import Any, Callable, Iterator, Optional, Sequence
 
 import numpy as np
-import pyarrow as pa
-import pyarrow.parquet as pq
+import pyarrow.fs as pafs
 import ray.train
 import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
 from bestofl import storage
+from bestofl.config import DeepSpeedConfig, TrainRMConfig
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
+from bestofl.reward.tracking import MetricsLog
 
-VAL_REPORT = "val_report.json"  # final validation metrics, score_stats, lang_accuracy
-VAL_SCORES = "val_scores.parquet"  # final validation score per response row (rid, score)
 STATE_TAG = "state"  # DeepSpeed checkpoint tag inside every Ray Train checkpoint
+VAL_REPORT = "val_report"  # final report's metrics: validation report (metrics, per language)
+VAL_SCORES = "val_scores"  # final report's metrics: {"rid": [...], "score": [...]}
+
+
+@dataclass(frozen=True)
+class WorkerConfig:
+    """What every training worker gets from the driver: the run's settings and the
+    numbers the driver computed (steps per epoch, the model folder, the fold)."""
+
+    model: str
+    trust_remote_code: bool
+    objective: str
+    pair_scope: str
+    max_length: int
+    epochs: int
+    steps_per_epoch: int
+    batch_size: int
+    grad_accum: int
+    lr: float
+    weight_decay: float
+    warmup_ratio: float
+    max_grad_norm: float
+    gradient_checkpointing: bool
+    log_every: int
+    eval_every: int
+    save_every: int
+    seed: int
+    cpus_per_worker: float
+    deepspeed: DeepSpeedConfig
+    output: str  # the model folder: HF files, metrics.jsonl, tensorboard/
+    fold: Optional[int] = None
+    tensorboard: bool = True
+    tracker: Optional[str] = None
+    tracker_project: str = "bestofl"
+
+    @classmethod
+    def of(cls, cfg: TrainRMConfig, steps_per_epoch: int, output: str,
+           fold: Optional[int]) -> "WorkerConfig":
+        shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
+                  if hasattr(cfg, f.name)}
+        return cls(**{**shared, "steps_per_epoch": steps_per_epoch, "output": output,
+                      "fold": fold})
+
+    @property
+    def total_steps(self) -> int:
+        return self.steps_per_epoch * self.epochs
+
+    def due(self, step: int, every: int) -> bool:
+        """`every` > 0: each `every` steps; 0: at the end of each epoch; < 0: never."""
+        if every < 0:
+            return False
+        return step % (every or self.steps_per_epoch) == 0
+
+    def reports_at(self, step: int) -> bool:
+        return step == self.total_steps or any(
+            self.due(step, every) for every in (self.log_every, self.eval_every, self.save_every))
 
 
 class ScalarRM(torch.nn.Module):
@@ -49,11 +107,11 @@ class ScalarRM(torch.nn.Module):
 
 def deepspeed_config(zero_stage: int, bf16: bool, offload_optimizer: bool, batch_size: int,
                      grad_accum: int, max_grad_norm: float, lr: float,
-                     weight_decay: float) -> dict[str, Any]:
+                     weight_decay: float, overlap_comm: bool = False) -> dict[str, Any]:
     """The DeepSpeed JSON config for one run (ZeRO stage, precision, batch geometry; the
     global batch follows from the world size DeepSpeed finds)."""
     zero: dict[str, Any] = {"stage": zero_stage, "contiguous_gradients": True,
-                            "overlap_comm": False}
+                            "overlap_comm": overlap_comm}
     if zero_stage == 3:
         zero["stage3_gather_16bit_weights_on_model_save"] = True
     if offload_optimizer:
@@ -134,205 +192,252 @@ def evaluate_scores(rows: Sequence[dict], scores: Sequence[float], scope: str,
     }
 
 
-def _log_line(metrics: dict[str, Any]) -> str:
-    fold = f"fold {metrics['fold']} " if metrics.get("fold") is not None else ""
-    line = (f"[train-rm] {fold}step {metrics['step']}/{metrics['total_steps']} "
-            f"epoch {metrics['epoch']:.2f} loss {metrics['loss']:.4f} lr {metrics['lr']:.2e} "
-            f"{metrics['examples_per_s']:.1f} ex/s")
-    if "val_loss" in metrics:
-        line += (f" | val_loss {metrics['val_loss']:.4f} pair_acc {metrics['val_pair_acc']:.3f}"
-                 f" bon_within {metrics['val_bon_within']:.3f}"
-                 f" bon_cross {metrics['val_bon_cross']:.3f}"
-                 f" (random {metrics['val_mean_correct']:.3f})")
-    return line
+@dataclass
+class _Worker:
+    """One worker's engine and identity, set up once."""
+
+    config: WorkerConfig
+    engine: Any  # deepspeed.DeepSpeedEngine
+    model: torch.nn.Module  # the HF model inside the engine (for export)
+    tokenizer: Any
+    scheduler: Any
+    device: torch.device
+    rank: int
+    world: int
+
+
+@dataclass
+class _Window:
+    """Training since the last report (each worker's own; reduced at the report)."""
+
+    loss: Any = 0.0  # a tensor once a batch is added: no .item() (a GPU sync per step)
+    batches: int = 0
+    examples: int = 0
+    start: float = dataclasses.field(default_factory=time.perf_counter)
+
+
+def train_loop(config: WorkerConfig) -> None:
+    """Ray Train `train_loop_per_worker`: set up, resume, train, report."""
+    started = time.perf_counter()
+    worker = _start_engine(config)
+    resumed = step = _resume(worker)
+    log = MetricsLog(config, worker.rank, resumed)
+    if worker.rank == 0:
+        settings = config.deepspeed
+        print(f"[train-rm] {worker.world} workers, DeepSpeed ZeRO-{settings.zero_stage} "
+              f"{'bf16' if settings.bf16 else 'fp32'} on {worker.device.type}, ready in "
+              f"{time.perf_counter() - started:.0f}s; {config.total_steps - step} steps to go",
+              flush=True)
+    validator = _Validator(worker)
+    window = _Window()
+    try:
+        for step, losses, examples in _optimizer_steps(worker, step):
+            for loss in losses:
+                window.loss += loss
+            window.batches += len(losses)
+            window.examples += examples
+            if config.reports_at(step):
+                _report(worker, validator, log, step, window, resumed)
+                window = _Window()
+        if resumed == config.total_steps:
+            # Resumed from the final checkpoint (the driver died before finishing the
+            # output): the loop had nothing left to do, so report the finished model again.
+            _report(worker, validator, log, step, window, resumed)
+    finally:
+        log.close()
+
+
+# ---------------------------------------------------------------- set-up and resume
+def _start_engine(config: WorkerConfig) -> _Worker:
+    import deepspeed  # heavy: workers only
+    from ray.train.v2._internal.execution import context as train_context
+
+    # Ray Train logs every report's metrics from every worker at INFO; the final one
+    # carries all validation scores. Our own line per report says what matters.
+    logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
+    ctx = ray.train.get_context()
+    device = ray.train.torch.get_device()
+    if device.type == "cuda":
+        torch.cuda.set_device(device)
+    else:
+        torch.set_num_threads(max(1, int(config.cpus_per_worker)))
+    # DeepSpeed JIT-compiles a shared-memory all-reduce (g++, minutes, GBs) for every CPU
+    # process group; training does not need it, gloo does the job.
+    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
+    # Ray Train already set up torch.distributed (gloo or NCCL): DeepSpeed reuses it.
+    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
+    torch.manual_seed(config.seed)
+
+    settings = config.deepspeed
+    engine_config = deepspeed_config(settings.zero_stage, settings.bf16,
+                                     settings.offload_optimizer, config.batch_size,
+                                     config.grad_accum, config.max_grad_norm, config.lr,
+                                     config.weight_decay, settings.overlap_comm)
+    if settings.zero_stage == 3:
+        # Alive while the model loads: transformers then builds it already partitioned.
+        from transformers.integrations import HfDeepSpeedConfig
+        hf_deepspeed_config = HfDeepSpeedConfig(engine_config)  # noqa: F841
+    model, tokenizer = load_reward_model(config.model, "bfloat16" if settings.bf16 else "float32",
+                                         config.trust_remote_code)
+    if config.gradient_checkpointing:
+        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
+    module = ScalarRM(model)
+    total = config.total_steps
+    schedule = warmup_cosine(math.ceil(config.warmup_ratio * total), total)
+    trainable = [p for p in module.parameters() if p.requires_grad]
+    optimizer = None if settings.offload_optimizer else torch.optim.AdamW(
+        trainable, lr=config.lr, weight_decay=config.weight_decay)
+    engine, _, _, scheduler = deepspeed.initialize(
+        model=module, model_parameters=trainable, optimizer=optimizer,
+        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
+        config=engine_config, dist_init_required=False)
+    from bestofl.reward.checkpoint import use_safe_loading  # imports deepspeed
+    use_safe_loading(engine)
+    return _Worker(config, engine, model, tokenizer, scheduler, device,
+                   ctx.get_world_rank(), ctx.get_world_size())
+
+
+def _resume(worker: _Worker) -> int:
+    """The optimizer step of the latest checkpoint (0: none), its state loaded."""
+    checkpoint = ray.train.get_checkpoint()
+    if not checkpoint:
+        return 0
+    with checkpoint.as_directory() as path:
+        _, client_state = worker.engine.load_checkpoint(path, tag=STATE_TAG)
+    step = int(client_state["step"])
+    if worker.rank == 0:
+        print(f"[train-rm] resumed from step {step} ({checkpoint.path})", flush=True)
+    return step
+
+
+# ---------------------------------------------------------------- training
+def _optimizer_steps(worker: _Worker, step: int) -> Iterator[tuple[int, list, int]]:
+    """Trains from optimizer step `step` to the end; yields (step, micro-batch losses,
+    examples) after each optimizer step."""
+    config, engine = worker.config, worker.engine
+    per_step = config.grad_accum
+    per_epoch = config.steps_per_epoch * per_step  # micro-batches
+    shard = ray.train.get_dataset_shard("train")
+    losses: list = []
+    examples = 0
+    engine.train()
+    for epoch in range(step // config.steps_per_epoch, config.epochs):
+        skip = (step - epoch * config.steps_per_epoch) * per_step  # already trained on
+        micro = 0
+        for batch in shard.iter_batches(batch_size=config.batch_size, batch_format="numpy",
+                                        drop_last=True, local_shuffle_buffer_size=256,
+                                        local_shuffle_seed=config.seed + epoch):
+            if micro >= per_epoch:
+                break  # every worker stops at the same count: ZeRO needs equal steps
+            micro += 1
+            if micro <= skip:
+                continue
+            loss = _batch_loss(engine, worker.tokenizer, batch, config.objective,
+                               config.max_length, worker.device)
+            engine.backward(loss)
+            engine.step()
+            losses.append(loss.detach())
+            examples += len(next(iter(batch.values())))
+            if micro % per_step:
+                continue
+            step += 1
+            yield step, losses, examples
+            losses, examples = [], 0
+        if micro < per_epoch:
+            raise RuntimeError(f"worker {worker.rank} ran out of training data in epoch {epoch} "
+                               f"after {micro} of {per_epoch} micro-batches")
+
+
+# ---------------------------------------------------------------- reporting
+def _report(worker: _Worker, validator: "_Validator", log: MetricsLog, step: int,
+            window: _Window, resumed: int) -> None:
+    """What every report does, on every worker together: reduce, validate, checkpoint,
+    export (last step), record (rank 0), hand the metrics to Ray Train."""
+    config = worker.config
+    final = step == config.total_steps
+    metrics = _window_metrics(worker, step, window, resumed)
+    validation: dict[str, Any] = {}
+    scores: list[float] = []
+    if final or config.due(step, config.eval_every):
+        validation, scores = validator.run()
+        metrics.update({k: v for k, v in validation.items() if k.startswith("val_")})
+    save = final or config.due(step, config.save_every)
+    with tempfile.TemporaryDirectory() as tmp:
+        if save:
+            worker.engine.save_checkpoint(tmp, tag=STATE_TAG, client_state={"step": step})
+        if final:
+            _export(worker.engine, worker.model, worker.tokenizer, config.output,
+                    config.deepspeed.zero_stage, worker.rank)
+        log.record(metrics)
+        reported = dict(metrics)
+        if final:  # for the driver: Result.metrics of the fit
+            reported[VAL_REPORT] = {"step": step, **validation}
+            reported[VAL_SCORES] = {"rid": validator.rids, "score": scores}
+        ray.train.report(reported,
+                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if save else None,
+                         checkpoint_dir_name=f"checkpoint-{step:06d}" if save else None)
+
+
+def _window_metrics(worker: _Worker, step: int, window: _Window, resumed: int) -> dict[str, Any]:
+    """Loss and rates of the window, summed over workers; peak memory, the largest."""
+    config = worker.config
+    sums = torch.tensor([float(window.loss), window.batches, window.examples,
+                         _peak_memory_mb(worker.device)], dtype=torch.float64, device=worker.device)
+    peak = sums[3].clone()
+    dist.all_reduce(sums)
+    dist.all_reduce(peak, op=dist.ReduceOp.MAX)
+    elapsed = max(time.perf_counter() - window.start, 1e-9)
+    return {
+        "step": step, "total_steps": config.total_steps, "epoch": step / config.steps_per_epoch,
+        "fold": config.fold, "loss": float(sums[0] / max(sums[1], 1)),
+        "lr": worker.scheduler.get_last_lr()[0], "examples_per_s": float(sums[2]) / elapsed,
+        "peak_mem_mb": float(peak), "resumed_from": resumed,
+    }
+
+
+class _Validator:
+    """Scores the validation rows on every worker (each its share), gathers the scores."""
+
+    def __init__(self, worker: _Worker) -> None:
+        self.worker = worker
+        config = worker.config
+        self.rows = sorted(ray.train.get_dataset_shard("val").iter_rows(), key=lambda r: r["rid"])
+        self.rids = [r["rid"] for r in self.rows]
+        self.mine = self.rows[worker.rank::worker.world]
+        # int32 arrays: a cross-fitting fold can hold many thousand long responses per worker.
+        self.encoded = [np.asarray(encode(worker.tokenizer, r["prompt"] or "", r["response"],
+                                          config.max_length), dtype=np.int32) for r in self.mine]
+        self.batches = math.ceil(math.ceil(len(self.rows) / worker.world) / config.batch_size)
+
+    def run(self) -> tuple[dict[str, Any], list[float]]:
+        """(validation report, one score per row in rid order)."""
+        worker, size = self.worker, self.worker.config.batch_size
+        engine = worker.engine
+        # ZeRO-3 gathers parameters in every forward: all ranks run the same number.
+        engine.eval()
+        local: list[float] = []
+        order = sorted(range(len(self.encoded)), key=lambda i: len(self.encoded[i]))
+        with torch.no_grad():
+            for b in range(self.batches):
+                idx = order[b * size:(b + 1) * size]
+                batch = [self.encoded[i] for i in idx] or [self.encoded[0] if self.encoded
+                                                            else [0]]  # pad
+                ids, mask = collate(batch, worker.tokenizer.pad_token_id)
+                values = engine(ids.to(worker.device), mask.to(worker.device)).tolist()
+                local.extend(values[:len(idx)])
+        engine.train()
+        by_rank: list[Any] = [None] * worker.world
+        dist.all_gather_object(by_rank, [(self.mine[i]["rid"], s) for i, s in zip(order, local)])
+        scored = dict(p for part in by_rank for p in part)
+        scores = [scored[rid] for rid in self.rids]
+        config = worker.config
+        return evaluate_scores(self.rows, scores, config.pair_scope, config.objective), scores
 
 
 def _peak_memory_mb(device: torch.device) -> float:
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     return resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # KiB on Linux
-
-
-def train_loop(cfg: dict[str, Any]) -> None:
-    """Ray Train `train_loop_per_worker`. `cfg` holds the TrainRMConfig fields plus
-    what the driver computed: steps_per_epoch, metrics_path, fold, and an optional
-    fault_after_step (tests: raise after that step's report)."""
-    started = time.perf_counter()
-    import deepspeed  # heavy: workers only
-
-    ctx = ray.train.get_context()
-    rank, world = ctx.get_world_rank(), ctx.get_world_size()
-    device = ray.train.torch.get_device()
-    if device.type == "cuda":
-        torch.cuda.set_device(device)
-    else:
-        torch.set_num_threads(max(1, int(cfg["cpus_per_worker"])))
-    # DeepSpeed JIT-compiles a shared-memory all-reduce (g++, minutes, GBs) for every CPU
-    # process group; training does not need it, gloo does the job.
-    deepspeed.ops.__compatible_ops__["deepspeed_shm_comm"] = False
-    # Ray Train already set up torch.distributed (gloo or NCCL): DeepSpeed reuses it.
-    deepspeed.init_distributed(dist_backend=dist.get_backend(), dist_init_required=False)
-    torch.manual_seed(cfg["seed"])
-
-    ds = cfg["deepspeed"]
-    ds_config = deepspeed_config(ds["zero_stage"], ds["bf16"], ds["offload_optimizer"],
-                                 cfg["batch_size"], cfg["grad_accum"], cfg["max_grad_norm"],
-                                 cfg["lr"], cfg["weight_decay"])
-    if ds["zero_stage"] == 3:
-        # Alive while the model loads: transformers then builds it already partitioned.
-        from transformers.integrations import HfDeepSpeedConfig
-        hf_ds_config = HfDeepSpeedConfig(ds_config)  # noqa: F841
-    model, tokenizer = load_reward_model(cfg["model"], "bfloat16" if ds["bf16"] else "float32",
-                                         cfg["trust_remote_code"])
-    if cfg["gradient_checkpointing"]:
-        model.gradient_checkpointing_enable(gradient_checkpointing_kwargs={"use_reentrant": False})
-    module = ScalarRM(model)
-    spe, epochs = cfg["steps_per_epoch"], cfg["epochs"]
-    total = spe * epochs
-    schedule = warmup_cosine(math.ceil(cfg["warmup_ratio"] * total), total)
-    optimizer = None if ds["offload_optimizer"] else torch.optim.AdamW(
-        [p for p in module.parameters() if p.requires_grad], lr=cfg["lr"],
-        weight_decay=cfg["weight_decay"])
-    engine, _, _, scheduler = deepspeed.initialize(
-        model=module, model_parameters=[p for p in module.parameters() if p.requires_grad],
-        optimizer=optimizer,
-        lr_scheduler=lambda opt: torch.optim.lr_scheduler.LambdaLR(opt, schedule),
-        config=ds_config, dist_init_required=False)
-
-    step = resumed_step = 0
-    checkpoint = ray.train.get_checkpoint()
-    if checkpoint:
-        with checkpoint.as_directory() as path:
-            _, client_state = engine.load_checkpoint(path, tag=STATE_TAG)
-        step = resumed_step = client_state["step"]
-        if rank == 0:
-            print(f"[train-rm] resumed from step {step} ({checkpoint.path})", flush=True)
-    history = _metrics_history(cfg["metrics_path"], step) if rank == 0 else []
-    if rank == 0:
-        print(f"[train-rm] {world} workers, DeepSpeed ZeRO-{ds['zero_stage']} "
-              f"{'bf16' if ds['bf16'] else 'fp32'} on {device.type}, ready in "
-              f"{time.perf_counter() - started:.0f}s; {total - step} steps to go", flush=True)
-
-    val_rows = sorted(ray.train.get_dataset_shard("val").iter_rows(), key=lambda r: r["rid"])
-    mine = val_rows[rank::world]
-    # int32 arrays: a cross-fitting fold can hold many thousand long responses per worker.
-    mine_ids = [np.asarray(encode(tokenizer, r["prompt"] or "", r["response"], cfg["max_length"]),
-                           dtype=np.int32) for r in mine]
-    val_batches = math.ceil(math.ceil(len(val_rows) / world) / cfg["batch_size"])
-
-    def validate() -> tuple[dict[str, Any], list[float]]:
-        # ZeRO-3 gathers parameters in every forward: all ranks run the same number.
-        engine.eval()
-        local: list[float] = []
-        order = sorted(range(len(mine_ids)), key=lambda i: len(mine_ids[i]))
-        with torch.no_grad():
-            for b in range(val_batches):
-                idx = order[b * cfg["batch_size"]:(b + 1) * cfg["batch_size"]]
-                batch = [mine_ids[i] for i in idx] or [mine_ids[0] if mine_ids else [0]]  # pad
-                ids, mask = collate(batch, tokenizer.pad_token_id)
-                values = engine(ids.to(device), mask.to(device)).tolist()
-                local.extend(values[:len(idx)])
-        engine.train()
-        by_rank: list[Any] = [None] * world
-        dist.all_gather_object(by_rank, [(mine[i]["rid"], s) for i, s in zip(order, local)])
-        scored = dict(p for part in by_rank for p in part)
-        scores = [scored[r["rid"]] for r in val_rows]
-        return evaluate_scores(val_rows, scores, cfg["pair_scope"], cfg["objective"]), scores
-
-    def report(step: int, window: dict[str, float]) -> None:
-        final = step == total
-        do_eval = final or _due(step, cfg["eval_every"], spe)
-        do_save = final or _due(step, cfg["save_every"], spe)
-        sums = torch.tensor([float(window["loss"]), window["batches"], window["examples"],
-                             _peak_memory_mb(device)], dtype=torch.float64, device=device)
-        peak = sums[3].clone()
-        dist.all_reduce(sums)
-        dist.all_reduce(peak, op=dist.ReduceOp.MAX)
-        elapsed = max(time.perf_counter() - window["start"], 1e-9)
-        metrics: dict[str, Any] = {
-            "step": step, "total_steps": total, "epoch": step / spe, "fold": cfg["fold"],
-            "loss": float(sums[0] / max(sums[1], 1)), "lr": scheduler.get_last_lr()[0],
-            "examples_per_s": float(sums[2]) / elapsed, "peak_mem_mb": float(peak),
-            "resumed_from": resumed_step,
-        }
-        extra: dict[str, Any] = {}
-        scores: list[float] = []
-        if do_eval:
-            extra, scores = validate()
-            metrics.update({k: v for k, v in extra.items() if k.startswith("val_")})
-        with tempfile.TemporaryDirectory() as tmp:
-            if do_save:
-                engine.save_checkpoint(tmp, tag=STATE_TAG, client_state={"step": step})
-            if final:
-                _export(engine, model, tokenizer, os.path.join(tmp, "model"), ds["zero_stage"],
-                        rank)
-                if rank == 0:
-                    storage.write_text(os.path.join(tmp, VAL_REPORT),
-                                       json.dumps({"step": step, **extra}, indent=2) + "\n")
-                    pq.write_table(pa.table({"rid": [r["rid"] for r in val_rows],
-                                             "score": pa.array(scores, pa.float64())}),
-                                   os.path.join(tmp, VAL_SCORES))
-            if rank == 0:
-                print(_log_line(metrics), flush=True)
-                history.append(json.dumps(metrics, default=float))
-                storage.write_text(cfg["metrics_path"], "\n".join(history) + "\n")
-            ray.train.report(metrics, checkpoint=ray.train.Checkpoint.from_directory(tmp)
-                             if do_save else None, checkpoint_dir_name=f"checkpoint-{step:06d}"
-                             if do_save else None)
-        if step == cfg.get("fault_after_step"):
-            raise RuntimeError(f"injected fault after step {step} (BESTOFL_FAULT_AFTER_STEP)")
-
-    shard = ray.train.get_dataset_shard("train")
-    ga = cfg["grad_accum"]
-    window = {"loss": 0.0, "batches": 0, "examples": 0, "start": time.perf_counter()}
-    engine.train()
-    for epoch in range(step // spe, epochs):
-        skip = (step - epoch * spe) * ga  # micro-batches this epoch already trained on
-        micro = 0
-        for batch in shard.iter_batches(batch_size=cfg["batch_size"], batch_format="numpy",
-                                        drop_last=True, local_shuffle_buffer_size=256,
-                                        local_shuffle_seed=cfg["seed"] + epoch):
-            if micro >= spe * ga:
-                break  # every worker stops at the same count: ZeRO needs equal steps
-            micro += 1
-            if micro <= skip:
-                continue
-            loss = _batch_loss(engine, tokenizer, batch, cfg["objective"], cfg["max_length"],
-                               device)
-            engine.backward(loss)
-            engine.step()
-            window["loss"] += loss.detach()  # no .item(): a GPU sync per step
-            window["batches"] += 1
-            window["examples"] += len(next(iter(batch.values())))
-            if micro % ga:
-                continue
-            step += 1
-            if step == total or _due(step, cfg["log_every"], spe) or \
-                    _due(step, cfg["eval_every"], spe) or _due(step, cfg["save_every"], spe):
-                report(step, window)
-                window = {"loss": 0.0, "batches": 0, "examples": 0, "start": time.perf_counter()}
-        if micro < spe * ga:
-            raise RuntimeError(f"worker {rank} ran out of training data in epoch {epoch} "
-                               f"after {micro} of {spe * ga} micro-batches")
-    if resumed_step == total:
-        # Resumed from the final checkpoint (the driver died before copying it out): the
-        # loop had nothing left to do, so report the finished model again.
-        report(step, window)
-
-
-def _due(step: int, every: int, steps_per_epoch: int) -> bool:
-    """`every` > 0: each `every` steps; 0: at the end of each epoch; < 0: never."""
-    if every < 0:
-        return False
-    return step % (every or steps_per_epoch) == 0
-
-
-def _metrics_history(path: str, step: int) -> list[str]:
-    """metrics.jsonl lines up to `step` (the resumed checkpoint): later ones are redone."""
-    if step == 0 or not storage.exists(path):
-        return []
-    lines = [line for line in storage.read_text(path).splitlines() if line.strip()]
-    return [line for line in lines if json.loads(line)["step"] <= step]
 
 
 def _batch_loss(engine, tokenizer, batch: dict[str, np.ndarray], objective: str,
@@ -353,13 +458,19 @@ def _batch_loss(engine, tokenizer, batch: dict[str, np.ndarray], objective: str,
 
 
 def _export(engine, model, tokenizer, out: str, zero_stage: int, rank: int) -> None:
-    """Rank 0 writes an ordinary HF folder (safetensors); ZeRO-3 first gathers the full
-    weights from every rank, which all ranks must join."""
+    """Rank 0 writes an ordinary HF folder (safetensors) into `out` (a path or URI); ZeRO-3
+    first gathers the full weights from every rank, which all ranks must join."""
     if zero_stage == 3:
         state = engine._zero3_consolidated_16bit_state_dict()
     else:
         state = engine.module.state_dict() if rank == 0 else None
-    if rank == 0:
-        state = {k.removeprefix("model."): v.detach().cpu() for k, v in state.items()}
-        model.save_pretrained(out, state_dict=state, safe_serialization=True)
-        tokenizer.save_pretrained(out)
+    if rank != 0:
+        return
+    state = {k.removeprefix("model."): v.detach().cpu() for k, v in state.items()}
+    with tempfile.TemporaryDirectory() as tmp:
+        model.save_pretrained(tmp, state_dict=state, safe_serialization=True)
+        tokenizer.save_pretrained(tmp)
+        out_fs, out_path = storage.filesystem(out)
+        out_fs.create_dir(out_path, recursive=True)
+        pafs.copy_files(tmp, out_path, source_filesystem=pafs.LocalFileSystem(),
+                        destination_filesystem=out_fs)
