@@ -330,6 +330,17 @@ class DemoConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class TinyModelConfig:
+    output: str = MISSING
+    kind: str = MISSING  # lm | rm
+    seed: int = MISSING
+
+    def check(self) -> None:
+        if self.kind not in ("lm", "rm"):
+            raise ValueError(f"kind must be 'lm' or 'rm', got {self.kind!r}")
+
+
 SCHEMAS: dict[str, type] = {
     "sample": SampleConfig,
     "import": ImportConfig,
@@ -338,6 +349,7 @@ SCHEMAS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "serve": ServeConfig,
     "demo": DemoConfig,
+    "tiny_model": TinyModelConfig,
 }
 
 

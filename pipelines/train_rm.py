@@ -55,10 +55,10 @@ def _local(uri: str, must_exist: bool = False) -> str:
 def _same_job(cfg: TrainRMConfig) -> bool:
     """Whether a partial output may be resumed; another job's is refused, or cleared
     when overwrite=true (its checkpoints would not fit this run)."""
-    saved_path = storage.join(cfg.output, "config.yaml")
-    if not storage.exists(saved_path):
+    text = storage.saved_config(cfg.output)
+    if text is None:
         return True
-    saved = OmegaConf.to_container(OmegaConf.create(storage.read_text(saved_path)))
+    saved = OmegaConf.to_container(OmegaConf.create(text))
     now = dataclasses.asdict(cfg)
     diff = [k for k in SAME_JOB_KEYS if saved.get(k) != now[k]]
     if not diff:
@@ -138,6 +138,7 @@ def run(cfg: TrainRMConfig) -> dict[str, Any]:
                               model=_local(cfg.model, must_exist=True),
                               output=_local(cfg.output),
                               storage_path=_local(cfg.storage_path) if cfg.storage_path else None)
+    storage.check_output_apart(cfg.output, [*cfg.input, cfg.model if os.path.exists(cfg.model) else None])
     try:  # a wrong model path fails here, not minutes later in every worker
         AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -206,7 +207,6 @@ def _oof_metadata(cfg: TrainRMConfig, pool_uri: str, folds: list[list[str]]) -> 
     """bestofl_rm.json for the out-of-fold pool: metrics and per-language statistics of
     the scores evaluate will read (calibration must match those, not one fold's)."""
     scored = pool.read_pool(pool_uri)
-    pool.check_identity(scored)
     rows = [r for r in scored.select(["qid", "response_lang", "correct", "score"]).to_pylist()
             if r["score"] is not None]
     report = training.evaluate_scores(rows, [r["score"] for r in rows], cfg.pair_scope,

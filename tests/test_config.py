@@ -101,7 +101,7 @@ def test_effective_config_saved_beside_output(tmp_path):
     out = str(tmp_path / "run")
     storage.prepare_output(out, overwrite=False)
     storage.save_config(out, cfg)
-    saved = Path(out) / "config.yaml"
+    saved = Path(out) / "_config.yaml"
     assert saved.read_text() == to_yaml(cfg)
     assert load_config("sample", saved) == cfg  # the saved file reproduces the run
 

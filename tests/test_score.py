@@ -135,7 +135,7 @@ def test_output_is_a_partitioned_finished_pool(scored):
         assert any(f.endswith(".parquet") for f in os.listdir(output / part))
     assert not (output / "response_lang=en" / "torn.parquet").exists()
     assert storage.is_finished(str(output))
-    saved = load_config("score", output / "config.yaml")
+    saved = load_config("score", output / "_config.yaml")
     assert saved.model == os.path.abspath(saved.model) and saved.max_length == MAX_LENGTH
 
 

@@ -84,7 +84,7 @@ def test_output_lifecycle(base):
     assert json.loads(storage.read_text(storage.join(out, storage.FINISHED))) == {"rows": 2}
     fs, path = storage.filesystem(out)
     names = {os.path.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(path))}
-    assert {"config.yaml", "_SUCCESS", "response_lang=en"} <= names
+    assert {"_config.yaml", "_SUCCESS", "response_lang=en"} <= names
     assert not any(n.endswith(".tmp") for n in names)  # atomic writes leave no temporaries
 
     with pytest.raises(storage.OutputExistsError, match="overwrite=true"):
