@@ -45,7 +45,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         return 2
     try:
         return COMMANDS[command].main()(rest) or 0
-    except (ValueError, FileNotFoundError, FileExistsError) as e:
+    except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         # User errors (config, input files, finished outputs) read better without a traceback.
         if os.environ.get("BESTOFL_DEBUG"):
             raise

@@ -6,6 +6,8 @@ wrong key, a wrong type or a bad value fails here, naming the key, before any Ra
 from __future__ import annotations
 
 import argparse
+import math
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,6 +23,108 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
+
+
+# ---------------------------------------------------------------- value ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take (bounds None: open); every number must be finite."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def allows(self, x: float) -> bool:
+        return math.isfinite(x) and not (
+            (self.ge is not None and x < self.ge) or (self.gt is not None and x <= self.gt)
+            or (self.le is not None and x > self.le) or (self.lt is not None and x >= self.lt))
+
+    def describe(self, integer: bool = False) -> str:
+        gt = self.gt
+        ge = gt + 1 if integer and gt is not None and float(gt).is_integer() else self.ge
+        if ge is not None:
+            gt = None
+        low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f">= {ge:g}" if ge is not None else f"> {gt:g}"
+        if high:
+            return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+        return "a finite number"
+
+
+POSITIVE, NON_NEGATIVE, ANY = Range(gt=0), Range(ge=0), Range()
+PROBABILITY = Range(gt=0, le=1)
+# Ranges by key name, wherever the key appears: a field added later with one of these
+# names (or matching a pattern below) gets its rule without more code. A field may also
+# carry its own: field(default=MISSING, metadata={"range": Range(...)}). Any other number
+# must be finite and >= 0; any string non-empty (null says "none").
+RANGES: dict[str, Range] = {
+    "lr": POSITIVE, "max_grad_norm": POSITIVE, "top_p": PROBABILITY,
+    "gpu_memory_utilization": PROBABILITY, "val_fraction": Range(gt=0, lt=1),
+    "confidence": Range(gt=0, lt=1), "warmup_ratio": Range(ge=0, le=1),
+    "port": Range(ge=0, le=65535), "zero_stage": Range(ge=0, le=3),
+    "max_failures": Range(ge=-1),  # -1: restart forever (Ray's meaning)
+    "eval_every": Range(ge=-1), "save_every": Range(ge=-1),  # -1: only at the end
+    "n": POSITIVE, "limit": POSITIVE, "epochs": POSITIVE, "grad_accum": POSITIVE,
+    "monte_carlo": POSITIVE, "budgets": POSITIVE, "cpus_per_worker": POSITIVE,
+    "ingress_num_cpus": NON_NEGATIVE,  # the ingress mostly awaits: 0 is a fair ask
+    "num_gpus": NON_NEGATIVE,
+}
+# Name patterns of counts and sizes that must be positive (checked after RANGES).
+POSITIVE_PREFIXES = ("max_", "num_")
+POSITIVE_SUFFIXES = ("_size", "_replicas", "_window", "_in_flight", "_bytes", "_memory",
+                     "_threads", "num_cpus", "_tokens", "_length", "_requests", "_workers",
+                     "_actors", "_chars")
+
+
+def value_range(key: str, fld: Any = None) -> Range:
+    """The rule for a numeric key (its last dotted part decides)."""
+    if fld is not None and "range" in fld.metadata:
+        return fld.metadata["range"]
+    name = key.rsplit(".", 1)[-1]
+    if name in RANGES:
+        return RANGES[name]
+    if name.endswith("num_gpus"):
+        return NON_NEGATIVE
+    if name.startswith(POSITIVE_PREFIXES) or name.endswith(POSITIVE_SUFFIXES):
+        return POSITIVE
+    return NON_NEGATIVE
+
+
+def _check_value(key: str, value: Any, rule: Range) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        if not rule.allows(value):
+            finite = "" if math.isfinite(value) else "finite and "
+            raise ValueError(f"{key} must be {finite}{rule.describe(isinstance(value, int))}, "
+                             f"got {value}")
+    elif isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{key} must not be empty (use null for none)")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(f"{key}[{i}]", item, rule)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Every number of a config tree against its Range, every string non-empty; dicts of
+    free-form settings (`engine.extra`, `autoscaling`, demo stage overrides) are skipped."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if is_dataclass(value):
+            check_ranges(value, key + ".")
+        elif isinstance(value, dict):
+            if typing.get_args(hints.get(f.name))[-1:] in ((float,), (int,)):
+                for k, v in value.items():  # e.g. custom resources: amounts
+                    _check_value(f"{key}.{k}", v, NON_NEGATIVE)
+        else:
+            _check_value(key, value, value_range(key, f))
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -190,7 +294,8 @@ class TrainRMConfig:
             raise ValueError(f"cv must be 0 (off) or >= 2 folds, got {self.cv}")
         if isinstance(self.input, str):
             self.input = [self.input]
-        if not self.input or not all(isinstance(p, str) and p for p in self.input):
+        if not isinstance(self.input, list) or not self.input or not all(
+                isinstance(p, str) and p for p in self.input):
             raise ValueError(f"input must be a pool or a list of pools, got {self.input!r}")
         if not 0 < self.val_fraction < 1:
             # Validation gives the metrics and the per-language score statistics.
@@ -361,7 +466,11 @@ def load_config(command: str, config_file: str | Path | None = None,
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (key: value), "
+                              f"not a {type(loaded).__name__.replace('Config', '').lower()}")
+        merged = OmegaConf.merge(OmegaConf.structured(schema), loaded)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
     except yaml.YAMLError as e:
@@ -396,14 +505,17 @@ def merge_overrides(cfg: Any, overrides: Sequence[str] | dict, source: str = "ov
     return obj
 
 
-def _check(obj: Any) -> None:
-    """Run every `check()` of the dataclass tree (value rules types cannot express)."""
+def _check(obj: Any, top: bool = True) -> None:
+    """Ranges of every key, then every `check()` of the dataclass tree (rules that relate
+    keys or choose among names)."""
     if not is_dataclass(obj):
         return
+    if top:
+        check_ranges(obj)
     if hasattr(obj, "check"):
         obj.check()
     for f in fields(obj):
-        _check(getattr(obj, f.name))
+        _check(getattr(obj, f.name), top=False)
 
 
 def _describe(e: OmegaConfBaseException) -> str:

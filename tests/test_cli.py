@@ -156,3 +156,34 @@ def test_nested_pool_is_refused_by_readers_naming_both_folders(tmp_path, capsys)
     assert "4 row identities appear more than once" in err
     assert f"{outer}," in err and str(outer / "scored") in err
     assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("where", ["file-in-path", "read-only"])
+def test_unwritable_output_is_one_line_exit_2(where, tmp_path, capsys):
+    """An output nobody can write ends in exit 2 and one line, not a traceback. Root ignores
+    permission bits, so as root the read-only place is sysfs (refuses new entries to root too)."""
+    inputs = _finished_pool(tmp_path / "pool")
+    if where == "file-in-path":
+        (tmp_path / "a-file").write_text("x")
+        output = tmp_path / "a-file" / "report"
+    elif os.geteuid() == 0:
+        output = Path("/sys/bestofl-test-report")
+        if output.exists() or not Path("/sys").is_dir():
+            pytest.skip("no sysfs to stand for a read-only place")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        output = locked / "report"
+    assert cli.main(["evaluate", f"input={inputs}", f"output={output}", "plots=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bestofl evaluate: error: cannot write output {output}") and err.count("\n") == 1
+
+
+def test_config_file_whose_top_level_is_a_list_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "list.yaml"
+    config.write_text("- input: a\n- output: b\n")
+    done = run("evaluate", "--config", str(config))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"bestofl evaluate: error: {config}: the top level must be "
+                                   "a mapping of keys (key: value), not a list")
