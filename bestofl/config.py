@@ -6,7 +6,9 @@ wrong key, a wrong type or a bad value fails here, naming the key, before any Ra
 from __future__ import annotations
 
 import argparse
+import json
 import math
+import re
 import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
@@ -531,9 +533,87 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+_KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(?:\s+(.*?))?\s*$")
+
+
+def yaml_comments(path: str | Path) -> dict[str, str]:
+    """Dotted key -> its comment in a conf YAML: the comment on the key's line with the
+    comment lines continuing it below, else the comment block right above the key at the
+    key's indentation (the file's header is nobody's comment)."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    block: list[str] = []  # comment lines above the next key, at its indentation
+    block_col = -1
+    last: str | None = None  # the key whose trailing comment may go on below
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        col = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            text = stripped.lstrip("#").strip()
+            if last and col > stack[-1][0]:
+                out[last] += " " + text
+            elif stack:
+                block, block_col, last = (block + [text] if col == block_col else [text]), col, None
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:
+            block, last = [], None
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3) or ""
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        trailing = rest.split("#", 1)[1].strip() if rest.startswith("#") or " #" in rest else ""
+        last = dotted if trailing else None
+        if trailing or (block and block_col == indent):
+            out[dotted] = trailing or " ".join(block)
+        block = []
+    return out
+
+
+def describe_keys(command: str) -> str:
+    """Every key of a command with its default (from conf/<command>.yaml) and its comment
+    there: the text of `bestofl <command> --help`. One source, the YAML."""
+    path = CONF_DIR / f"{command}.yaml"
+    comments = yaml_comments(path)
+    merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), OmegaConf.load(path))
+    rows: list[tuple[str, str]] = []  # (key=default or `section:`, comment)
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            dotted = f"{prefix}{key}"
+            child = node._get_node(key)
+            # Sections, and free-form mappings whose own keys carry comments (demo's stages).
+            if isinstance(child, DictConfig) and (
+                    is_dataclass(OmegaConf.get_type(child))
+                    or any(k.startswith(dotted + ".") for k in comments)):
+                if dotted in comments:
+                    rows.append((f"{dotted}:", comments[dotted]))
+                walk(child, dotted + ".")
+                continue
+            if OmegaConf.is_missing(node, key):
+                text = "???"
+            else:
+                value = OmegaConf.to_container(child) if OmegaConf.is_config(child) else child._value()
+                text = json.dumps(value) if isinstance(value, (list, dict)) else (
+                    "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+            rows.append((f"{dotted}={text}", comments.get(dotted, "")))
+
+    walk(merged, "")
+    width = min(max(len(entry) for entry, _ in rows), 44)
+    lines = [f"keys (defaults from conf/{command}.yaml; ??? = required):"]
+    for entry, note in rows:
+        lines.append(f"  {entry:<{width}}  {note}".rstrip() if len(entry) <= width
+                     else f"  {entry}\n  {'':<{width}}  {note}".rstrip())
+    return "\n".join(lines)
+
+
 def parse_command_line(command: str, argv: Sequence[str] | None = None) -> Any:
     """`[--config FILE] key=value ...` -> validated config; shared by the CLI and pipelines/."""
-    parser = argparse.ArgumentParser(prog=f"bestofl {command.replace('_', '-')}")
+    parser = argparse.ArgumentParser(
+        prog=f"bestofl {command.replace('_', '-')}", epilog=describe_keys(command),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides key=value")
     args = parser.parse_args(argv)

@@ -187,3 +187,44 @@ def test_config_file_whose_top_level_is_a_list_is_one_line_exit_2(tmp_path):
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert done.stderr.strip() == (f"bestofl evaluate: error: {config}: the top level must be "
                                    "a mapping of keys (key: value), not a list")
+
+
+@pytest.mark.parametrize("command", sorted(c.name for c in COMMANDS.values() if c.config))
+def test_command_help_lists_every_key_with_default_and_comment(command, capsys):
+    """`bestofl <command> --help`: each key of the schema, its default from the conf YAML
+    and that YAML's comment for it (the one source of both)."""
+    from omegaconf import OmegaConf
+
+    from bestofl.config import CONF_DIR, yaml_comments
+
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    conf = CONF_DIR / f"{COMMANDS[command].config}.yaml"
+    comments = yaml_comments(conf)
+    assert comments, f"{conf.name} has no key comments"
+    for key, comment in comments.items():
+        assert (f"{key}=" in text or f"{key}:" in text) and " ".join(comment.split()) in text, key
+    loaded = OmegaConf.load(conf)
+    for key in ("output", "model", "input"):  # a required key shows as ???
+        if key in loaded and OmegaConf.is_missing(loaded, key):
+            assert f" {key}=??? " in f" {text} "
+
+
+def test_registry_is_one_and_has_no_import_circle():
+    """One command registry: submit checks against it and does not import the CLI."""
+    import ast
+
+    from bestofl.config import CONF_DIR, SCHEMAS
+
+    for name, spec in COMMANDS.items():
+        assert spec.main(), name  # the entry resolves
+        if spec.config:
+            assert spec.config in SCHEMAS and (CONF_DIR / f"{spec.config}.yaml").is_file()
+    tree = ast.parse((ROOT / "bestofl" / "submit.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "bestofl.cli" not in imported and "bestofl.commands" in imported
+    tree = ast.parse((ROOT / "bestofl" / "storage.py").read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "bestofl.config"
+                   for n in ast.walk(tree))

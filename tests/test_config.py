@@ -237,3 +237,22 @@ def test_issue_examples_are_refused_with_the_key(key, value):
     serve = _load_with_placeholders("serve", CONF_DIR / "serve.yaml")
     with pytest.raises(ConfigError, match="scorer_num_cpus"):
         merge_overrides(serve, ["scorer_num_cpus=-2"])
+
+
+def test_yaml_comments_rule(tmp_path):
+    """The comment of a key: on its line (with continuation lines below), else the block
+    right above it at its indentation; the header belongs to no key."""
+    from bestofl.config import yaml_comments
+
+    path = tmp_path / "x.yaml"
+    path.write_text("# header: bestofl x\n#   bestofl x a=1\n"
+                    "a: 1           # the first\n"
+                    "               # goes on here\n"
+                    "b: [1, 2]\n"
+                    "# about c\n"
+                    "c: x#y\n"
+                    "d:\n"
+                    "  # inner\n"
+                    "  e: null     # deep\n"
+                    "  f: 2\n")
+    assert yaml_comments(path) == {"a": "the first goes on here", "c": "about c", "d.e": "deep"}
