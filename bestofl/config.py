@@ -73,7 +73,7 @@ RANGES: dict[str, Range] = {
     "eval_every": Range(ge=-1), "save_every": Range(ge=-1),  # -1: only at the end
     "n": POSITIVE, "limit": POSITIVE, "epochs": POSITIVE, "grad_accum": POSITIVE,
     "monte_carlo": POSITIVE, "budgets": POSITIVE, "cpus_per_worker": POSITIVE,
-    "ingress_num_cpus": NON_NEGATIVE,  # the ingress mostly awaits: 0 is a fair ask
+    "ingress_num_cpus": NON_NEGATIVE, "request_timeout_s": POSITIVE,  # the ingress mostly awaits: 0 is a fair ask
     "num_gpus": NON_NEGATIVE,
 }
 # Name patterns of counts and sizes that must be positive (checked after RANGES).
@@ -389,9 +389,12 @@ class ServeConfig:
     max_candidates: int = MISSING  # per /select request; also the largest /solve budget
     max_text_chars: int = MISSING
     max_body_bytes: int = MISSING
+    max_request_tokens: int = MISSING  # reward-model tokens per request, all candidates
+    request_timeout_s: float = MISSING
     max_length: int = MISSING
     dtype: str = MISSING  # reward model: float32 | bfloat16 | float16 | auto
     max_batch_size: int = MISSING
+    max_batch_tokens: int = MISSING  # tokens per reward-model forward pass (padding included)
     batch_wait_timeout_s: float = MISSING
     ingress_replicas: int = MISSING
     ingress_num_cpus: float = MISSING
@@ -415,6 +418,9 @@ class ServeConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.token == "":
             raise ValueError("token must be null (no auth) or a non-empty string")
+        if self.max_batch_tokens < self.max_length:
+            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must hold one pair of "
+                             f"max_length ({self.max_length}) tokens")
         for key in ("max_candidates", "max_text_chars", "max_body_bytes", "max_length",
                     "max_batch_size", "ingress_replicas", "ingress_max_ongoing_requests",
                     "scorer_replicas", "generator_replicas"):
