@@ -11,11 +11,15 @@ from typing import Sequence
 
 from bestofl.commands import COMMANDS, parse_args
 
+VERBOSE_ENV = "BESTOFL_VERBOSE"  # read by ray_runtime.init_ray (not imported here: no Ray for --help)
+
 
 def _usage() -> str:
-    lines = ["usage: bestofl <command> [--config FILE] [key=value ...]", "", "commands:"]
+    lines = ["usage: bestofl [--verbose] <command> [--config FILE] [key=value ...]", "",
+             "commands:"]
     lines += [f"  {c.name:<11} {c.summary}" for c in COMMANDS.values()]
-    lines += ["", "`bestofl <command> --help` for a command's own keys and defaults."]
+    lines += ["", "`bestofl <command> --help` for a command's own keys and defaults;",
+              "--verbose (anywhere) shows Ray's and vLLM's own logs too."]
     return "\n".join(lines)
 
 
@@ -36,6 +40,9 @@ def tiny_model_main(argv: Sequence[str]) -> int:
 
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
+    if "--verbose" in argv:
+        argv = [a for a in argv if a != "--verbose"]
+        os.environ[VERBOSE_ENV] = "1"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -1,11 +1,28 @@
 """Join or start Ray the same way in every pipeline."""
 from __future__ import annotations
 
+import logging
 import os
+from typing import Any
 
 import ray
 
 from bestofl.config import RayConfig
+
+
+VERBOSE_ENV = "BESTOFL_VERBOSE"  # set by `bestofl --verbose`: Ray's own logs come back
+
+
+def _logging_args() -> dict[str, Any]:
+    """Ray's start-up lines and its workers' warnings (e.g. Ray Train's repeated "Failed to
+    query Ray Train Controller actor state" without a dashboard) stay out of the default
+    output; errors, our own prints and progress bars still show."""
+    if os.environ.get(VERBOSE_ENV):
+        return {"logging_level": logging.INFO}
+    ray.data.DataContext.get_current().print_on_execution_start = False
+    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a local instance's workers inherit it
+    return {"logging_level": logging.WARNING,
+            "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -18,8 +35,9 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address = cfg.address or os.environ.get("RAY_ADDRESS")
     if address:
-        ray.init(address=address, log_to_driver=True)
+        ray.init(address=address, log_to_driver=True, **_logging_args())
     else:
         # "local": a new instance even where another user's `ray start` cluster runs here.
         ray.init(address="local", num_cpus=cfg.num_cpus,
-                 object_store_memory=cfg.object_store_memory, include_dashboard=False)
+                 object_store_memory=cfg.object_store_memory, include_dashboard=False,
+                 **_logging_args())

@@ -183,6 +183,13 @@ class Sampler:
         self.max_model_len = self.engine.model_config.max_model_len
         self.requests_sent = 0
 
+    def __del__(self) -> None:
+        # Ray Data drops the actor's UDF before the process exits: shut the engine down
+        # now, in order, not from AsyncLLM.__del__ at interpreter exit (a traceback there).
+        engine, self.engine = getattr(self, "engine", None), None
+        if engine is not None:
+            engine.shutdown()
+
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams
         from vllm.sampling_params import RequestOutputKind
