@@ -228,3 +228,17 @@ def test_registry_is_one_and_has_no_import_circle():
     tree = ast.parse((ROOT / "bestofl" / "storage.py").read_text())
     assert not any(isinstance(n, ast.ImportFrom) and n.module == "bestofl.config"
                    for n in ast.walk(tree))
+
+
+def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monkeypatch):
+    """`--verbose` is the CLI's own switch: the command never sees it, init_ray reads it."""
+    from bestofl import ray_runtime
+
+    monkeypatch.delenv(ray_runtime.VERBOSE_ENV, raising=False)
+    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)  # the quiet mode sets it
+    assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}", "--verbose"]) == 0
+    assert os.environ.get(ray_runtime.VERBOSE_ENV) == "1" == os.environ[cli.VERBOSE_ENV]
+    assert (tmp_path / "lm" / "config.json").exists()
+    assert "logging_config" not in ray_runtime._logging_args()
+    monkeypatch.delenv(ray_runtime.VERBOSE_ENV)
+    assert ray_runtime._logging_args()["logging_config"].log_level == "ERROR"
