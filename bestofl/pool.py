@@ -110,22 +110,18 @@ def read_pools(uris: Sequence[str], columns: Sequence[str] | None = None) -> pa.
     """Several pools as one table (see read_pool); identities must be unique across all."""
     names = list(columns) if columns else list(POOL_SCHEMA.names)
     need = names + [c for c in IDENTITY if c not in names]
-    tables, files = [], []
-    for uri in uris:
-        table, file_column = _read_one(uri, need)
-        tables.append(table)
-        files.append(file_column)
-    table = pa.concat_tables(tables) if len(tables) > 1 else tables[0]
-    _check_unique(table, uris, files)
+    parts = [_read_one(uri, need) for uri in uris]
+    table = pa.concat_tables([t for t, _ in parts]) if len(parts) > 1 else parts[0][0]
+    _check_unique(table, [(uri, files) for uri, (_, files) in zip(uris, parts)])
     return table.select(names)
 
 
-def _read_one(uri: str, names: list[str]) -> tuple[pa.Table, list[tuple[str, str]]]:
-    """`names` of one pool, and per row (the pool's uri, the part file's folder)."""
+def _read_one(uri: str, names: list[str]) -> tuple[pa.Table, pa.ChunkedArray]:
+    """`names` of one pool, and the part file each row comes from."""
     fs, path = storage.filesystem(uri)
     files = parquet_files(uri)
     if not files:
-        return conform(POOL_SCHEMA.empty_table(), names), []
+        return conform(POOL_SCHEMA.empty_table(), names), pa.chunked_array([], pa.string())
     try:
         dataset = pads.dataset(files, filesystem=fs, format="parquet",
                                partitioning=pads.partitioning(flavor="hive"),
@@ -139,30 +135,33 @@ def _read_one(uri: str, names: list[str]) -> tuple[pa.Table, list[tuple[str, str
             except (pa.ArrowInvalid, OSError) as file_error:
                 raise PoolError(f"cannot read pool {uri}: {file}: {file_error}") from None
         raise PoolError(f"cannot read pool {uri}: {e}") from None
-    # The folder a part lies in, without hive partition levels: `pool/scored`, not
-    # `pool/scored/response_lang=en`, is what a user recognises.
-    folders = {}
-    for file in pc.unique(table.column("__filename")).to_pylist():
-        rel = [p for p in file[len(path):].split("/")[:-1] if p and "=" not in p]
-        folders[file] = storage.join(uri, *rel) if rel else uri
-    where = [(uri, folders[f]) for f in table.column("__filename").to_pylist()]
-    return conform(table.drop_columns(["__filename"]), names), where
+    return conform(table.drop_columns(["__filename"]), names), table.column("__filename")
 
 
-def _check_unique(table: pa.Table, uris: Sequence[str], where: list[list[tuple[str, str]]]) -> None:
+def _folder(uri: str, file: str) -> str:
+    """The folder of a part file without hive partition levels (`pool/scored`, not
+    `pool/scored/response_lang=en`): what a user recognises."""
+    _, path = storage.filesystem(uri)
+    rel = [p for p in file[len(path):].split("/")[:-1] if p and "=" not in p]
+    return storage.join(uri, *rel) if rel else uri
+
+
+def _check_unique(table: pa.Table, sources: list[tuple[str, pa.ChunkedArray]]) -> None:
     keys = identity_keys(table)
     counts = pc.value_counts(keys)
     dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     if not len(dup):
         return
-    rows = [w for part in where for w in part]
     first = pc.index(keys, dup[0]).as_py()
     example = dict(zip(IDENTITY, (table.column(c)[first].as_py() for c in IDENTITY)))
-    hit = pc.is_in(keys, value_set=dup).to_pylist()
-    folders = sorted({rows[i][1] for i, h in enumerate(hit) if h})
+    hit = pc.is_in(keys, value_set=dup)
+    uris = [uri for uri, files in sources for _ in range(len(files))]
+    files = pa.concat_arrays([f.combine_chunks() for _, f in sources if len(f)])
+    folders = sorted({_folder(uris[i], files[i].as_py())
+                      for i in pc.indices_nonzero(hit).to_pylist()})
     raise PoolError(f"{len(dup)} row identities appear more than once (e.g. {example}), in "
                     f"{', '.join(folders)}: a pool written inside another, or the same rows in "
-                    f"two inputs ({', '.join(uris)})")
+                    f"two inputs ({', '.join(u for u, _ in sources)})")
 
 
 def identity_keys(table: pa.Table) -> pa.Array:
