@@ -13,6 +13,10 @@ from bestofl.config import RayConfig
 VERBOSE_ENV = "BESTOFL_VERBOSE"  # set by `bestofl --verbose`: Ray's own logs come back
 
 
+QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "TORCH_CPP_LOG_LEVEL": "ERROR",
+             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+
+
 def _logging_args() -> dict[str, Any]:
     """Ray's start-up lines and its workers' warnings (e.g. Ray Train's repeated "Failed to
     query Ray Train Controller actor state" without a dashboard) stay out of the default
@@ -20,7 +24,11 @@ def _logging_args() -> dict[str, Any]:
     if os.environ.get(VERBOSE_ENV):
         return {"logging_level": logging.INFO}
     ray.data.DataContext.get_current().print_on_execution_start = False
-    os.environ.setdefault("VLLM_LOGGING_LEVEL", "WARNING")  # a local instance's workers inherit it
+    logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress bars stay
+    # A local instance's processes inherit these: vLLM's per-weight and platform
+    # warnings, torch's C++ notes, library deprecation notices.
+    for key, value in QUIET_ENV.items():
+        os.environ.setdefault(key, value)
     return {"logging_level": logging.WARNING,
             "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 

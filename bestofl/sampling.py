@@ -159,6 +159,11 @@ def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
     return runs
 
 
+async def _cancelled(task: asyncio.Task) -> None:
+    task.cancel()
+    await asyncio.gather(task, return_exceptions=True)
+
+
 class Sampler:
     """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out.
 
@@ -185,10 +190,18 @@ class Sampler:
 
     def __del__(self) -> None:
         # Ray Data drops the actor's UDF before the process exits: shut the engine down
-        # now, in order, not from AsyncLLM.__del__ at interpreter exit (a traceback there).
+        # now and in order (its output loop first, then the engine process), not from
+        # AsyncLLM.__del__ at interpreter exit: both ways print tracebacks.
         engine, self.engine = getattr(self, "engine", None), None
-        if engine is not None:
-            engine.shutdown()
+        if engine is None:
+            return
+        handler = getattr(engine, "output_handler", None)
+        if handler is not None and not handler.done() and handler.get_loop().is_running():
+            try:
+                asyncio.get_running_loop()  # on the loop's own thread: cannot wait for it
+            except RuntimeError:
+                asyncio.run_coroutine_threadsafe(_cancelled(handler), handler.get_loop()).result(10)
+        engine.shutdown()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams

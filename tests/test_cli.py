@@ -235,7 +235,8 @@ def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monk
     from bestofl import ray_runtime
 
     monkeypatch.delenv(ray_runtime.VERBOSE_ENV, raising=False)
-    monkeypatch.delenv("VLLM_LOGGING_LEVEL", raising=False)  # the quiet mode sets it
+    for key in ray_runtime.QUIET_ENV:  # the quiet mode sets them
+        monkeypatch.delenv(key, raising=False)
     assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}", "--verbose"]) == 0
     assert os.environ.get(ray_runtime.VERBOSE_ENV) == "1" == os.environ[cli.VERBOSE_ENV]
     assert (tmp_path / "lm" / "config.json").exists()
