@@ -33,6 +33,14 @@ def _logging_args() -> dict[str, Any]:
             "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 
 
+def train_logging() -> Any:
+    """Ray Train's own console lines (resources asked, worker group started, every
+    reported result) at WARNING by default; the training loop's own prints still show."""
+    import ray.train
+
+    return ray.train.LoggingConfig(log_level="INFO" if os.environ.get(VERBOSE_ENV) else "WARNING")
+
+
 def init_ray(cfg: RayConfig) -> None:
     """Reuse a running driver connection, else join `address`/RAY_ADDRESS, else start locally.
 

@@ -196,10 +196,14 @@ class Sampler:
         if engine is None:
             return
         handler = getattr(engine, "output_handler", None)
-        if handler is not None and not handler.done() and handler.get_loop().is_running():
+        if handler is not None and not handler.done():
             try:
-                asyncio.get_running_loop()  # on the loop's own thread: cannot wait for it
+                on_loop = asyncio.get_running_loop() is handler.get_loop()
             except RuntimeError:
+                on_loop = False
+            if on_loop or not handler.get_loop().is_running():
+                handler.cancel()  # thrown into it before it runs again
+            else:
                 asyncio.run_coroutine_threadsafe(_cancelled(handler), handler.get_loop()).result(10)
         engine.shutdown()
 

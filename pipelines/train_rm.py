@@ -32,7 +32,7 @@ from transformers import AutoConfig
 
 from bestofl import pool, storage
 from bestofl.config import TrainRMConfig, parse_command_line
-from bestofl.ray_runtime import init_ray
+from bestofl.ray_runtime import init_ray, train_logging
 from bestofl.reward import data, training
 
 RM_METADATA = "bestofl_rm.json"
@@ -107,7 +107,8 @@ def _fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: 
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=2),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            logging_config=train_logging()),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
