@@ -14,7 +14,9 @@ VERBOSE_ENV = "BESTOFL_VERBOSE"  # set by `bestofl --verbose`: Ray's own logs co
 
 
 QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "TORCH_CPP_LOG_LEVEL": "ERROR",
-             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning"}
+             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
+             # Ray Train routes a worker's print through a logger that echoes it twice
+             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
 
 
 def _logging_args() -> dict[str, Any]:

@@ -159,11 +159,6 @@ def request_groups(idxs: Sequence[int], grouped: bool) -> list[list[int]]:
     return runs
 
 
-async def _cancelled(task: asyncio.Task) -> None:
-    task.cancel()
-    await asyncio.gather(task, return_exceptions=True)
-
-
 class Sampler:
     """Ray Data actor: one vLLM engine; a batch of work items in, their pool rows out.
 
@@ -187,25 +182,6 @@ class Sampler:
         self.tokenizer = self.engine.get_tokenizer()
         self.max_model_len = self.engine.model_config.max_model_len
         self.requests_sent = 0
-
-    def __del__(self) -> None:
-        # Ray Data drops the actor's UDF before the process exits: shut the engine down
-        # now and in order (its output loop first, then the engine process), not from
-        # AsyncLLM.__del__ at interpreter exit: both ways print tracebacks.
-        engine, self.engine = getattr(self, "engine", None), None
-        if engine is None:
-            return
-        handler = getattr(engine, "output_handler", None)
-        if handler is not None and not handler.done():
-            try:
-                on_loop = asyncio.get_running_loop() is handler.get_loop()
-            except RuntimeError:
-                on_loop = False
-            if on_loop or not handler.get_loop().is_running():
-                handler.cancel()  # thrown into it before it runs again
-            else:
-                asyncio.run_coroutine_threadsafe(_cancelled(handler), handler.get_loop()).result(10)
-        engine.shutdown()
 
     async def __call__(self, batch: pa.Table) -> pa.Table:
         from vllm import SamplingParams

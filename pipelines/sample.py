@@ -82,7 +82,6 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
                 errors += table.num_rows - table.column("error").null_count
                 bar.update(table.num_rows)
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}", errors=errors)
-        _wait_for_samplers_to_exit()
     seconds = time.perf_counter() - start
     summary = {"questions": n_questions, "languages": languages, "mode": cfg.mode, "model": model,
                "samples": already + new, "new_samples": new, "generated_tokens": tokens,
@@ -94,21 +93,6 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
           f"{tokens} generated tokens, {summary['tokens_per_s']} tokens/s, {errors} errors, "
           f"{seconds:.0f} s -> {cfg.output}", flush=True)
     return summary
-
-
-def _wait_for_samplers_to_exit(timeout_s: float = 60.0) -> None:
-    """After the last batch Ray Data ends its actors gracefully, and each Sampler shuts its
-    engine down; a driver that exits before that kills them halfway (vLLM tracebacks)."""
-    from ray._private.state import actors  # the GCS actor table: no dashboard needed
-
-    job = ray.get_runtime_context().get_job_id()
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if not any(a["JobID"] == job and a["State"] != "DEAD"
-                   and ("Sampler" in a["ActorClassName"] or "MapWorker" in a["ActorClassName"])
-                   for a in actors().values()):
-            return
-        time.sleep(0.5)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
