@@ -7,6 +7,10 @@ Three phases, the same reward model, request bodies and number of clients:
   fault  the same load on serve, and the scorer replica is killed (ray.kill) a third of
          the way in: failed requests (and how many of them were in flight at the kill)
          and the time until a request sent after the kill succeeds.
+  mixed  fairness, on serve: 15 clients of small requests (one candidate) alone, then
+         beside 1 client of maximum-size requests (max_candidates long candidates, as
+         many as max_request_tokens allows), in alternating rounds; small-request p50/p99
+         both ways and their p99 ratio (target: at most 3).
 plain and serve run side by side and are measured in alternating rounds, so a machine
 whose load drifts (a shared box) weighs on both alike.
 Bodies are real: MGSM questions with s1.1-7B's responses in several languages
@@ -139,6 +143,14 @@ async def load(url: str, payloads: list[dict], clients: int, duration: float,
     return records, (fired[0] if fired else None)
 
 
+async def mixed(url: str, small: list[dict], big: dict, clients: int, duration: float
+                ) -> tuple[list[tuple[float, float, bool]], list[tuple[float, float, bool]]]:
+    """`clients` loops of small requests beside one loop of maximum-size requests."""
+    (small_records, _), (big_records, _) = await asyncio.gather(
+        load(url, small, clients, duration), load(url, [big], 1, duration))
+    return small_records, big_records
+
+
 def summary(name: str, windows: list[list[tuple[float, float, bool]]]) -> dict:
     """Requests/s over the measured windows, latency percentiles of the successes."""
     duration = sum(max(e for _, e, _ in w) - min(s for s, _, _ in w) for w in windows)
@@ -194,6 +206,9 @@ def main() -> int:
                    help="cores for each side: the plain server's torch threads; as many "
                         "one-thread scorer replicas for serve")
     p.add_argument("--no-fault", action="store_true", help="skip the replica-kill phase")
+    p.add_argument("--no-mixed", action="store_true", help="skip the fairness phase")
+    p.add_argument("--small-clients", type=int, default=15,
+                   help="fairness phase: clients of small requests beside the one large client")
     p.add_argument("--set", nargs="*", default=[], metavar="KEY=VALUE",
                    help="extra `bestofl serve` overrides (e.g. scorer_num_cpus=2 max_batch_size=32)")
     p.add_argument("--plain-server", action="store_true", help=argparse.SUPPRESS)
@@ -226,7 +241,7 @@ def main() -> int:
             ray.shutdown()
     else:
         raise RuntimeError("could not start Ray")
-    fault, windows = {}, {"plain": [], "serve": []}
+    fault, windows, fairness = {}, {"plain": [], "serve": []}, []
     proc = subprocess.Popen([sys.executable, __file__, "--plain-server", "--model", args.model,
                              "--plain-port", str(args.plain_port), "--max-length", str(args.max_length),
                              "--threads", str(args.threads)], start_new_session=True)
@@ -262,6 +277,27 @@ def main() -> int:
                 "recovery_s": min(after) - k if after else float("nan"),
                 "max_latency_s": max(e - s for s, e, _ in records),
             }
+        if not args.no_mixed:
+            # The largest request the limits admit: max_candidates long texts, each cut to
+            # max_length tokens, no more in all than max_request_tokens.
+            n_big = max(1, min(cfg.max_candidates, cfg.max_request_tokens // cfg.max_length))
+            long_texts = [c for b in bodies(args.questions, args.candidates, cfg.max_text_chars)
+                          for c in b["candidates"]]
+            big = {"question": payloads[0]["question"],
+                   "candidates": [long_texts[i % len(long_texts)] for i in range(n_big)]}
+            small = [{"question": b["question"], "candidates": b["candidates"][:1]} for b in payloads]
+            fair = {"alone": [], "mixed": [], "big": []}
+            for _ in range(args.rounds):
+                records, _ = asyncio.run(load(urls["serve"], small, args.small_clients,
+                                              args.duration / args.rounds))
+                fair["alone"].append(records)
+                records, big_records = asyncio.run(mixed(urls["serve"], small, big,
+                                                         args.small_clients,
+                                                         args.duration / args.rounds))
+                fair["mixed"].append(records)
+                fair["big"].append(big_records)
+            fairness = [summary("small", fair["alone"]), summary("small+big", fair["mixed"]),
+                        summary(f"big x{n_big}", fair["big"])]
     finally:
         proc.send_signal(signal.SIGTERM)
         proc.wait(timeout=60)
@@ -276,6 +312,14 @@ def main() -> int:
     for r in results:
         print(f"{r['phase']:<7} {r['requests']:>9} {r['errors']:>7} {r['rps']:>8.1f} "
               f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+    if fairness:
+        print(f"fairness: {args.small_clients} clients of 1-candidate requests, alone and beside "
+              "1 client of maximum-size requests")
+        for r in fairness:
+            print(f"{r['phase']:<9} {r['requests']:>7} {r['errors']:>7} {r['rps']:>8.1f} "
+                  f"{r['p50_ms']:>8.1f} {r['p99_ms']:>8.1f}")
+        print(f"small_p99_ratio (beside big / alone): {fairness[1]['p99_ms'] / fairness[0]['p99_ms']:.2f}"
+              " (target <= 3)")
     for key, value in fault.items():
         print(f"fault {key}: {value:.2f}" if isinstance(value, float) else f"fault {key}: {value}")
     speedup = results[1]["rps"] / results[0]["rps"]

@@ -6,6 +6,10 @@ wrong key, a wrong type or a bad value fails here, naming the key, before any Ra
 from __future__ import annotations
 
 import argparse
+import json
+import math
+import re
+import typing
 from dataclasses import dataclass, field, fields, is_dataclass
 from pathlib import Path
 from typing import Any, Optional, Sequence
@@ -21,6 +25,108 @@ CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
 class ConfigError(ValueError):
     """A config file or override is wrong; the message names the key."""
+
+
+# ---------------------------------------------------------------- value ranges
+@dataclass(frozen=True)
+class Range:
+    """The values a number may take (bounds None: open); every number must be finite."""
+
+    ge: float | None = None
+    gt: float | None = None
+    le: float | None = None
+    lt: float | None = None
+
+    def allows(self, x: float) -> bool:
+        return math.isfinite(x) and not (
+            (self.ge is not None and x < self.ge) or (self.gt is not None and x <= self.gt)
+            or (self.le is not None and x > self.le) or (self.lt is not None and x >= self.lt))
+
+    def describe(self, integer: bool = False) -> str:
+        gt = self.gt
+        ge = gt + 1 if integer and gt is not None and float(gt).is_integer() else self.ge
+        if ge is not None:
+            gt = None
+        low = f"[{ge:g}" if ge is not None else f"({gt:g}" if gt is not None else None
+        high = f"{self.le:g}]" if self.le is not None else f"{self.lt:g})" if self.lt is not None else None
+        if low and high:
+            return f"in {low}, {high}"
+        if low:
+            return f">= {ge:g}" if ge is not None else f"> {gt:g}"
+        if high:
+            return f"<= {self.le:g}" if self.le is not None else f"< {self.lt:g}"
+        return "a finite number"
+
+
+POSITIVE, NON_NEGATIVE, ANY = Range(gt=0), Range(ge=0), Range()
+PROBABILITY = Range(gt=0, le=1)
+# Ranges by key name, wherever the key appears: a field added later with one of these
+# names (or matching a pattern below) gets its rule without more code. A field may also
+# carry its own: field(default=MISSING, metadata={"range": Range(...)}). Any other number
+# must be finite and >= 0; any string non-empty (null says "none").
+RANGES: dict[str, Range] = {
+    "lr": POSITIVE, "max_grad_norm": POSITIVE, "top_p": PROBABILITY,
+    "gpu_memory_utilization": PROBABILITY, "val_fraction": Range(gt=0, lt=1),
+    "confidence": Range(gt=0, lt=1), "warmup_ratio": Range(ge=0, le=1),
+    "port": Range(ge=0, le=65535), "zero_stage": Range(ge=0, le=3),
+    "max_failures": Range(ge=-1),  # -1: restart forever (Ray's meaning)
+    "eval_every": Range(ge=-1), "save_every": Range(ge=-1),  # -1: only at the end
+    "n": POSITIVE, "limit": POSITIVE, "epochs": POSITIVE, "grad_accum": POSITIVE,
+    "monte_carlo": POSITIVE, "budgets": POSITIVE, "cpus_per_worker": POSITIVE,
+    "ingress_num_cpus": NON_NEGATIVE, "request_timeout_s": POSITIVE,  # the ingress mostly awaits: 0 is a fair ask
+    "num_gpus": NON_NEGATIVE,
+}
+# Name patterns of counts and sizes that must be positive (checked after RANGES).
+POSITIVE_PREFIXES = ("max_", "num_")
+POSITIVE_SUFFIXES = ("_size", "_replicas", "_window", "_in_flight", "_bytes", "_memory",
+                     "_threads", "num_cpus", "_tokens", "_length", "_requests", "_workers",
+                     "_actors", "_chars")
+
+
+def value_range(key: str, fld: Any = None) -> Range:
+    """The rule for a numeric key (its last dotted part decides)."""
+    if fld is not None and "range" in fld.metadata:
+        return fld.metadata["range"]
+    name = key.rsplit(".", 1)[-1]
+    if name in RANGES:
+        return RANGES[name]
+    if name.endswith("num_gpus"):
+        return NON_NEGATIVE
+    if name.startswith(POSITIVE_PREFIXES) or name.endswith(POSITIVE_SUFFIXES):
+        return POSITIVE
+    return NON_NEGATIVE
+
+
+def _check_value(key: str, value: Any, rule: Range) -> None:
+    if isinstance(value, bool) or value is None:
+        return
+    if isinstance(value, (int, float)):
+        if not rule.allows(value):
+            finite = "" if math.isfinite(value) else "finite and "
+            raise ValueError(f"{key} must be {finite}{rule.describe(isinstance(value, int))}, "
+                             f"got {value}")
+    elif isinstance(value, str):
+        if not value.strip():
+            raise ValueError(f"{key} must not be empty (use null for none)")
+    elif isinstance(value, (list, tuple)):
+        for i, item in enumerate(value):
+            _check_value(f"{key}[{i}]", item, rule)
+
+
+def check_ranges(obj: Any, prefix: str = "") -> None:
+    """Every number of a config tree against its Range, every string non-empty; dicts of
+    free-form settings (`engine.extra`, `autoscaling`, demo stage overrides) are skipped."""
+    hints = typing.get_type_hints(type(obj))
+    for f in fields(obj):
+        key, value = prefix + f.name, getattr(obj, f.name)
+        if is_dataclass(value):
+            check_ranges(value, key + ".")
+        elif isinstance(value, dict):
+            if typing.get_args(hints.get(f.name))[-1:] in ((float,), (int,)):
+                for k, v in value.items():  # e.g. custom resources: amounts
+                    _check_value(f"{key}.{k}", v, NON_NEGATIVE)
+        else:
+            _check_value(key, value, value_range(key, f))
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -229,7 +335,8 @@ class TrainRMConfig:
             raise ValueError(f"cv must be 0 (off) or >= 2 folds, got {self.cv}")
         if isinstance(self.input, str):
             self.input = [self.input]
-        if not self.input or not all(isinstance(p, str) and p for p in self.input):
+        if not isinstance(self.input, list) or not self.input or not all(
+                isinstance(p, str) and p for p in self.input):
             raise ValueError(f"input must be a pool or a list of pools, got {self.input!r}")
         if not 0 < self.val_fraction < 1:
             # Validation gives the metrics and the per-language score statistics.
@@ -343,9 +450,12 @@ class ServeConfig:
     max_candidates: int = MISSING  # per /select request; also the largest /solve budget
     max_text_chars: int = MISSING
     max_body_bytes: int = MISSING
+    max_request_tokens: int = MISSING  # reward-model tokens per request, all candidates
+    request_timeout_s: float = MISSING
     max_length: int = MISSING
     dtype: str = MISSING  # reward model: float32 | bfloat16 | float16 | auto
     max_batch_size: int = MISSING
+    max_batch_tokens: int = MISSING  # tokens per reward-model forward pass (padding included)
     batch_wait_timeout_s: float = MISSING
     ingress_replicas: int = MISSING
     ingress_num_cpus: float = MISSING
@@ -370,6 +480,9 @@ class ServeConfig:
             raise ValueError(f"port must be in 0..65535, got {self.port}")
         if self.token == "":
             raise ValueError("token must be null (no auth) or a non-empty string")
+        if self.max_batch_tokens < self.max_length:
+            raise ValueError(f"max_batch_tokens ({self.max_batch_tokens}) must hold one pair of "
+                             f"max_length ({self.max_length}) tokens")
         for key in ("max_candidates", "max_text_chars", "max_body_bytes", "max_length",
                     "max_batch_size", "ingress_replicas", "ingress_max_ongoing_requests",
                     "scorer_replicas", "generator_replicas"):
@@ -397,6 +510,17 @@ class DemoConfig:
     ray: RayConfig = field(default_factory=RayConfig)
 
 
+@dataclass
+class TinyModelConfig:
+    output: str = MISSING
+    kind: str = MISSING  # lm | rm
+    seed: int = MISSING
+
+    def check(self) -> None:
+        if self.kind not in ("lm", "rm"):
+            raise ValueError(f"kind must be 'lm' or 'rm', got {self.kind!r}")
+
+
 SCHEMAS: dict[str, type] = {
     "sample": SampleConfig,
     "import": ImportConfig,
@@ -405,6 +529,7 @@ SCHEMAS: dict[str, type] = {
     "evaluate": EvaluateConfig,
     "serve": ServeConfig,
     "demo": DemoConfig,
+    "tiny_model": TinyModelConfig,
 }
 
 
@@ -416,7 +541,11 @@ def load_config(command: str, config_file: str | Path | None = None,
     if not path.is_file():
         raise ConfigError(f"config file not found: {path}")
     try:
-        merged = OmegaConf.merge(OmegaConf.structured(schema), OmegaConf.load(path))
+        loaded = OmegaConf.load(path)
+        if not isinstance(loaded, DictConfig):
+            raise ConfigError(f"{path}: the top level must be a mapping of keys (key: value), "
+                              f"not a {type(loaded).__name__.replace('Config', '').lower()}")
+        merged = OmegaConf.merge(OmegaConf.structured(schema), loaded)
     except OmegaConfBaseException as e:
         raise ConfigError(f"{path}: {_describe(e)}") from None
     except yaml.YAMLError as e:
@@ -451,14 +580,17 @@ def merge_overrides(cfg: Any, overrides: Sequence[str] | dict, source: str = "ov
     return obj
 
 
-def _check(obj: Any) -> None:
-    """Run every `check()` of the dataclass tree (value rules types cannot express)."""
+def _check(obj: Any, top: bool = True) -> None:
+    """Ranges of every key, then every `check()` of the dataclass tree (rules that relate
+    keys or choose among names)."""
     if not is_dataclass(obj):
         return
+    if top:
+        check_ranges(obj)
     if hasattr(obj, "check"):
         obj.check()
     for f in fields(obj):
-        _check(getattr(obj, f.name))
+        _check(getattr(obj, f.name), top=False)
 
 
 def _describe(e: OmegaConfBaseException) -> str:
@@ -474,9 +606,87 @@ def to_yaml(cfg: Any) -> str:
     return OmegaConf.to_yaml(OmegaConf.structured(cfg))
 
 
+_KEY_LINE = re.compile(r"^(\s*)([A-Za-z_][\w-]*):(?:\s+(.*?))?\s*$")
+
+
+def yaml_comments(path: str | Path) -> dict[str, str]:
+    """Dotted key -> its comment in a conf YAML: the comment on the key's line with the
+    comment lines continuing it below, else the comment block right above the key at the
+    key's indentation (the file's header is nobody's comment)."""
+    out: dict[str, str] = {}
+    stack: list[tuple[int, str]] = []
+    block: list[str] = []  # comment lines above the next key, at its indentation
+    block_col = -1
+    last: str | None = None  # the key whose trailing comment may go on below
+    for line in Path(path).read_text(encoding="utf-8").splitlines():
+        stripped = line.strip()
+        col = len(line) - len(line.lstrip())
+        if stripped.startswith("#"):
+            text = stripped.lstrip("#").strip()
+            if last and col > stack[-1][0]:
+                out[last] += " " + text
+            elif stack:
+                block, block_col, last = (block + [text] if col == block_col else [text]), col, None
+            continue
+        match = _KEY_LINE.match(line)
+        if not match:
+            block, last = [], None
+            continue
+        indent, key, rest = len(match.group(1)), match.group(2), match.group(3) or ""
+        while stack and stack[-1][0] >= indent:
+            stack.pop()
+        dotted = ".".join([k for _, k in stack] + [key])
+        stack.append((indent, key))
+        trailing = rest.split("#", 1)[1].strip() if rest.startswith("#") or " #" in rest else ""
+        last = dotted if trailing else None
+        if trailing or (block and block_col == indent):
+            out[dotted] = trailing or " ".join(block)
+        block = []
+    return out
+
+
+def describe_keys(command: str) -> str:
+    """Every key of a command with its default (from conf/<command>.yaml) and its comment
+    there: the text of `bestofl <command> --help`. One source, the YAML."""
+    path = CONF_DIR / f"{command}.yaml"
+    comments = yaml_comments(path)
+    merged = OmegaConf.merge(OmegaConf.structured(SCHEMAS[command]), OmegaConf.load(path))
+    rows: list[tuple[str, str]] = []  # (key=default or `section:`, comment)
+
+    def walk(node: DictConfig, prefix: str) -> None:
+        for key in node:
+            dotted = f"{prefix}{key}"
+            child = node._get_node(key)
+            # Sections, and free-form mappings whose own keys carry comments (demo's stages).
+            if isinstance(child, DictConfig) and (
+                    is_dataclass(OmegaConf.get_type(child))
+                    or any(k.startswith(dotted + ".") for k in comments)):
+                if dotted in comments:
+                    rows.append((f"{dotted}:", comments[dotted]))
+                walk(child, dotted + ".")
+                continue
+            if OmegaConf.is_missing(node, key):
+                text = "???"
+            else:
+                value = OmegaConf.to_container(child) if OmegaConf.is_config(child) else child._value()
+                text = json.dumps(value) if isinstance(value, (list, dict)) else (
+                    "null" if value is None else str(value).lower() if isinstance(value, bool) else str(value))
+            rows.append((f"{dotted}={text}", comments.get(dotted, "")))
+
+    walk(merged, "")
+    width = min(max(len(entry) for entry, _ in rows), 44)
+    lines = [f"keys (defaults from conf/{command}.yaml; ??? = required):"]
+    for entry, note in rows:
+        lines.append(f"  {entry:<{width}}  {note}".rstrip() if len(entry) <= width
+                     else f"  {entry}\n  {'':<{width}}  {note}".rstrip())
+    return "\n".join(lines)
+
+
 def parse_command_line(command: str, argv: Sequence[str] | None = None) -> Any:
     """`[--config FILE] key=value ...` -> validated config; shared by the CLI and pipelines/."""
-    parser = argparse.ArgumentParser(prog=f"bestofl {command.replace('_', '-')}")
+    parser = argparse.ArgumentParser(
+        prog=f"bestofl {command.replace('_', '-')}", epilog=describe_keys(command),
+        formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides key=value")
     args = parser.parse_args(argv)

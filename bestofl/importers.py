@@ -38,6 +38,7 @@ class SourceError(ValueError):
 
 def import_pool(cfg: ImportConfig) -> str:
     """Read, grade and write `cfg.src` as a candidate pool at `cfg.output`; returns it."""
+    storage.check_output_apart(cfg.output, [cfg.src])
     if storage.is_finished(cfg.output) and not cfg.overwrite:
         storage.prepare_output(cfg.output, overwrite=False)  # refuses before any reading
     if cfg.format == "xling-traces":
@@ -63,7 +64,7 @@ def import_pool(cfg: ImportConfig) -> str:
 def _clear_unfinished(output: str) -> None:
     """An earlier import into `output` stopped before _SUCCESS: its rows are rebuilt from
     the source, so its part files go. A folder that is not a bestofl output is refused."""
-    if not storage.exists(storage.join(output, "config.yaml")):
+    if storage.saved_config(output) is None:
         raise storage.OutputExistsError(
             f"{output} is not empty and holds no bestofl output; choose an empty folder")
     fs, _ = storage.filesystem(output)

@@ -6,6 +6,7 @@ from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
+import pyarrow.compute as pc
 import pyarrow.dataset as pads
 import pyarrow.fs as pafs
 import pyarrow.parquet as pq
@@ -60,14 +61,15 @@ def _columns(rows: Sequence[Mapping[str, Any]]) -> dict[str, list]:
     return {k: [r.get(k) for r in rows] for k in names}
 
 
-def conform(table: pa.Table) -> pa.Table:
-    """Cast a table read from disk to the pool schema (partition columns come back as
-    dictionaries; absent optional columns become null)."""
-    missing = [c for c in REQUIRED if c not in table.column_names]
+def conform(table: pa.Table, names: Sequence[str] | None = None) -> pa.Table:
+    """Cast a table read from disk to the pool schema, or to its `names` columns (partition
+    columns come back as dictionaries; absent optional columns become null)."""
+    schema = POOL_SCHEMA if names is None else pa.schema([POOL_SCHEMA.field(n) for n in names])
+    missing = [c for c in REQUIRED if c in schema.names and c not in table.column_names]
     if missing:
         raise PoolError(f"pool lacks required column(s) {missing}")
     arrays = []
-    for fld in POOL_SCHEMA:
+    for fld in schema:
         if fld.name in table.column_names:
             col = table.column(fld.name)
             if pa.types.is_dictionary(col.type):
@@ -78,7 +80,7 @@ def conform(table: pa.Table) -> pa.Table:
                 raise PoolError(f"column {fld.name!r} has type {col.type}, expected {fld.type}: {e}")
         else:
             arrays.append(pa.nulls(table.num_rows, type=fld.type))
-    return pa.Table.from_arrays(arrays, schema=POOL_SCHEMA)
+    return pa.Table.from_arrays(arrays, schema=schema)
 
 
 def parquet_files(uri: str) -> list[str]:
@@ -98,16 +100,34 @@ def parquet_files(uri: str) -> list[str]:
 
 
 def read_pool(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
-    """Read a pool folder (hive-partitioned or flat) or a single Parquet file."""
+    """Read a pool folder (hive-partitioned or flat) or a single Parquet file; only
+    `columns` (typed as in POOL_SCHEMA) when given, so the texts can stay on disk.
+    A row identity that appears twice is a PoolError naming the folder(s) it comes from."""
+    return read_pools([uri], columns)
+
+
+def read_pools(uris: Sequence[str], columns: Sequence[str] | None = None) -> pa.Table:
+    """Several pools as one table (see read_pool); identities must be unique across all."""
+    names = list(columns) if columns else list(POOL_SCHEMA.names)
+    need = names + [c for c in IDENTITY if c not in names]
+    parts = [_read_one(uri, need) for uri in uris]
+    table = pa.concat_tables([t for t, _ in parts]) if len(parts) > 1 else parts[0][0]
+    _check_unique(table, [(uri, files) for uri, (_, files) in zip(uris, parts)])
+    return table.select(names)
+
+
+def _read_one(uri: str, names: list[str]) -> tuple[pa.Table, pa.ChunkedArray]:
+    """`names` of one pool, and the part file each row comes from."""
     fs, path = storage.filesystem(uri)
     files = parquet_files(uri)
     if not files:
-        return POOL_SCHEMA.empty_table() if columns is None else POOL_SCHEMA.empty_table().select(columns)
+        return conform(POOL_SCHEMA.empty_table(), names), pa.chunked_array([], pa.string())
     try:
         dataset = pads.dataset(files, filesystem=fs, format="parquet",
                                partitioning=pads.partitioning(flavor="hive"),
                                partition_base_dir=path if len(files) > 1 or files[0] != path else None)
-        table = dataset.to_table()
+        present = [n for n in names if n in dataset.schema.names]
+        table = dataset.to_table(columns=[*present, "__filename"])
     except (pa.ArrowInvalid, OSError) as e:
         for file in files:  # name the culprit: a bad footer names it, a bad data page does not
             try:
@@ -115,8 +135,40 @@ def read_pool(uri: str, columns: Sequence[str] | None = None) -> pa.Table:
             except (pa.ArrowInvalid, OSError) as file_error:
                 raise PoolError(f"cannot read pool {uri}: {file}: {file_error}") from None
         raise PoolError(f"cannot read pool {uri}: {e}") from None
-    table = conform(table)
-    return table.select(list(columns)) if columns else table
+    return conform(table.drop_columns(["__filename"]), names), table.column("__filename")
+
+
+def _folder(uri: str, file: str) -> str:
+    """The folder of a part file without hive partition levels (`pool/scored`, not
+    `pool/scored/response_lang=en`): what a user recognises."""
+    _, path = storage.filesystem(uri)
+    rel = [p for p in file[len(path):].split("/")[:-1] if p and "=" not in p]
+    return storage.join(uri, *rel) if rel else uri
+
+
+def _check_unique(table: pa.Table, sources: list[tuple[str, pa.ChunkedArray]]) -> None:
+    keys = identity_keys(table)
+    counts = pc.value_counts(keys)
+    dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
+    if not len(dup):
+        return
+    first = pc.index(keys, dup[0]).as_py()
+    example = dict(zip(IDENTITY, (table.column(c)[first].as_py() for c in IDENTITY)))
+    hit = pc.is_in(keys, value_set=dup)
+    uris = [uri for uri, files in sources for _ in range(len(files))]
+    files = pa.concat_arrays([f.combine_chunks() for _, f in sources if len(f)])
+    folders = sorted({_folder(uris[i], files[i].as_py())
+                      for i in pc.indices_nonzero(hit).to_pylist()})
+    raise PoolError(f"{len(dup)} row identities appear more than once (e.g. {example}), in "
+                    f"{', '.join(folders)}: a pool written inside another, or the same rows in "
+                    f"two inputs ({', '.join(u for u, _ in sources)})")
+
+
+def identity_keys(table: pa.Table) -> pa.Array:
+    """One string per row that joins the row identity (for vectorised set lookups)."""
+    parts = [pc.cast(table.column(c), pa.string()) for c in IDENTITY]
+    keys = pc.binary_join_element_wise(*parts, "\x1f")
+    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
 def write_pool(table: pa.Table, uri: str, partition_by: Sequence[str] = ("response_lang",),

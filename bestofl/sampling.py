@@ -114,10 +114,10 @@ def written(output: str, model: str) -> dict[Key, set[int]]:
 
 def check_resumable(output: str, cfg: SampleConfig) -> None:
     """Refuse to resume into rows drawn under different sampling-relevant settings."""
-    path = storage.join(output, "config.yaml")
-    if not storage.exists(path):
+    text = storage.saved_config(output)
+    if text is None:
         return
-    saved, now = OmegaConf.create(storage.read_text(path)), OmegaConf.structured(cfg)
+    saved, now = OmegaConf.create(text), OmegaConf.structured(cfg)
     changed = [k for k in SAMPLE_SHAPING if OmegaConf.select(saved, k) != OmegaConf.select(now, k)]
     if changed:
         raise ValueError(f"{output} holds an unfinished pool sampled with other {', '.join(changed)}; "

@@ -12,17 +12,16 @@ Rows with `error` set or an empty response get score null: there is nothing to j
 from __future__ import annotations
 
 import os
-from typing import Sequence
 
 import numpy as np
 import pyarrow as pa
 import pyarrow.compute as pc
-import pyarrow.dataset as pads
 import pyarrow.parquet as pq
 import torch
 
 from bestofl import pool, storage
 from bestofl.models import HUB_ID, local_model
+from bestofl.pool import identity_keys
 from bestofl.reward.model import load_reward_model, score
 
 
@@ -43,36 +42,6 @@ def check_model(path: str, trust_remote_code: bool = False) -> None:
         AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
     except (OSError, ValueError) as e:
         raise FileNotFoundError(f"reward model {path} cannot be loaded: {e}") from None
-
-
-def read_columns(uri: str, columns: Sequence[str]) -> pa.Table:
-    """Only `columns` of a pool, typed as in POOL_SCHEMA: cheap, the texts stay on disk."""
-    fs, path = storage.filesystem(uri)
-    files = pool.parquet_files(uri)
-    schema = pa.schema([pool.POOL_SCHEMA.field(c) for c in columns])
-    if not files:
-        return schema.empty_table()
-    try:
-        dataset = pads.dataset(files, filesystem=fs, format="parquet",
-                               partitioning=pads.partitioning(flavor="hive"),
-                               partition_base_dir=path if files != [path] else None)
-        table = dataset.to_table(columns=list(columns))
-    except (pa.ArrowInvalid, OSError) as e:
-        raise pool.PoolError(f"cannot read pool {uri}: {e}") from None
-    arrays = []
-    for fld in schema:
-        col = table.column(fld.name)
-        if pa.types.is_dictionary(col.type):  # hive partition columns
-            col = col.cast(col.type.value_type)
-        arrays.append(col.cast(fld.type))
-    return pa.Table.from_arrays(arrays, schema=schema)
-
-
-def identity_keys(table: pa.Table) -> pa.Array:
-    """One string per row that joins the row identity (for vectorised set lookups)."""
-    parts = [pc.cast(table.column(c), pa.string()) for c in pool.IDENTITY]
-    keys = pc.binary_join_element_wise(*parts, "\x1f")
-    return keys.combine_chunks() if isinstance(keys, pa.ChunkedArray) else keys
 
 
 def drop_partial_files(uri: str) -> list[str]:

@@ -2,8 +2,9 @@
 
 Three deployments: `Selector`, the FastAPI ingress (validation, limits, auth, the CPU
 work of tokenizing and answer extraction, the selection policy); `Scorer`, the reward
-model, which batches (question, response) pairs across concurrent requests with
-`@serve.batch` and only runs forward passes; and, when a
+model, which batches (question, response) pairs across concurrent requests, taking them
+round-robin across requests (`FairBatcher`) so one large request cannot hold the model
+while small ones wait, and only runs forward passes; and, when a
 generator is configured, `Generator`, a vLLM engine that samples one question across
 languages for /solve. `build_app(cfg)` binds them; `app_builder(args)` is the import
 path that `serve run` / `serve deploy` / a RayService use (cluster/serve-config.yaml).
@@ -11,15 +12,17 @@ path that `serve run` / `serve deploy` / a RayService use (cluster/serve-config.
 # No `from __future__ import annotations`: the routes are closures that Serve pickles by
 # value, and FastAPI could not resolve string annotations against their pickled globals.
 import asyncio
+import collections
 import hmac
 import logging
 import uuid
-from typing import Any, Optional
+from typing import Any, Callable, Optional
 
 import torch
 from fastapi import FastAPI, HTTPException
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 from omegaconf import OmegaConf
 from pydantic import BaseModel, ConfigDict, Field, field_validator
 from ray import serve
@@ -143,10 +146,86 @@ def select(policy: str, answers: list[Optional[str]], scores: list[float]) -> in
 
 
 # ---------------------------------------------------------------- deployments
+class FairBatcher:
+    """Reward-model batches formed from many requests' pairs, fairly.
+
+    Each request's pairs wait in a queue of their own; a batch takes one pair from each
+    waiting request in turn (up to `max_pairs` pairs and `max_tokens` tokens), and the
+    request served last goes to the back. A request of 64 long candidates thus shares every
+    batch with the small requests that arrive while it runs, instead of holding the model
+    until it is done (a first-come batch queue). A cancelled (timed out) request's pairs
+    that have not run yet are dropped.
+    """
+
+    def __init__(self, run: Callable[[list[list[int]]], list[float]], max_pairs: int,
+                 max_tokens: int, wait_s: float):
+        self.run, self.max_pairs, self.max_tokens, self.wait_s = run, max_pairs, max_tokens, wait_s
+        self._waiting: collections.deque = collections.deque()  # one deque of (ids, future) per request
+        self._wake: Optional[asyncio.Event] = None
+        self._task: Optional[asyncio.Task] = None
+
+    async def score(self, batch_ids: list[list[int]]) -> list[float]:
+        loop = asyncio.get_running_loop()
+        if self._task is None or self._task.done():
+            self._wake = asyncio.Event()
+            self._task = loop.create_task(self._batches())
+        mine = collections.deque((ids, loop.create_future()) for ids in batch_ids)
+        futures = [f for _, f in mine]
+        self._waiting.append(mine)
+        self._wake.set()
+        try:
+            return list(await asyncio.gather(*futures))
+        finally:
+            mine.clear()  # cancelled: what has not run yet is not run
+
+    def _pending(self) -> int:
+        return sum(len(q) for q in self._waiting)
+
+    def _take(self) -> list[tuple[list[int], asyncio.Future]]:
+        batch, tokens = [], 0
+        while self._waiting and len(batch) < self.max_pairs:
+            queue = self._waiting.popleft()
+            if not queue:
+                continue  # finished or cancelled request
+            ids, future = queue[0]
+            if batch and tokens + len(ids) > self.max_tokens:
+                self._waiting.appendleft(queue)
+                break
+            queue.popleft()
+            if not future.cancelled():
+                batch.append((ids, future))
+                tokens += len(ids)
+            if queue:
+                self._waiting.append(queue)  # its next pair waits for the others' turn
+        return batch
+
+    async def _batches(self) -> None:
+        while True:
+            if not self._pending():
+                self._wake.clear()
+                await self._wake.wait()
+            if self.wait_s and self._pending() < self.max_pairs:
+                await asyncio.sleep(self.wait_s)  # let a batch fill from concurrent requests
+            batch = self._take()
+            if not batch:
+                continue
+            try:
+                # In a thread, so the event loop keeps accepting requests meanwhile.
+                scores = await asyncio.to_thread(self.run, [ids for ids, _ in batch])
+            except Exception as e:  # noqa: BLE001  (every request of the batch gets the error)
+                for _, future in batch:
+                    if not future.done():
+                        future.set_exception(e)
+                continue
+            for (_, future), value in zip(batch, scores):
+                if not future.done():
+                    future.set_result(value)
+
+
 @serve.deployment
 class Scorer:
-    """The reward model. Each (question, response) pair is one `@serve.batch` item, so one
-    forward pass serves pairs from many concurrent requests."""
+    """The reward model. Pairs from concurrent requests share forward passes, formed by a
+    `FairBatcher`; within a batch, pairs of similar length run together."""
 
     def __init__(self, cfg: ServeConfig):
         self.model, tokenizer = load_reward_model(local_model(cfg.model), cfg.dtype,
@@ -154,22 +233,33 @@ class Scorer:
         self.pad_id = tokenizer.pad_token_id
         self.device = "cuda" if torch.cuda.is_available() else "cpu"
         self.model.to(self.device).eval()
-        self._forward.set_max_batch_size(cfg.max_batch_size)
-        self._forward.set_batch_wait_timeout_s(cfg.batch_wait_timeout_s)
+        self.max_batch_tokens = cfg.max_batch_tokens
+        self.batcher = FairBatcher(self._run, cfg.max_batch_size, cfg.max_batch_tokens,
+                                   cfg.batch_wait_timeout_s)
 
     async def score(self, batch_ids: list[list[int]]) -> list[float]:
         """Scores of (question, response) pairs, tokenized by `reward.model.encode`."""
-        return list(await asyncio.gather(*(self._forward(ids) for ids in batch_ids)))
-
-    @serve.batch(max_batch_size=16, batch_wait_timeout_s=0.01)  # reset from config in __init__
-    async def _forward(self, batch: list[list[int]]) -> list[float]:
-        # In a thread, so the event loop keeps accepting requests and filling the next batch.
-        return await asyncio.to_thread(self._run, batch)
+        return await self.batcher.score(batch_ids)
 
     def _run(self, batch: list[list[int]]) -> list[float]:
-        input_ids, mask = collate(batch, self.pad_id)
-        with torch.inference_mode():
-            return forward_scores(self.model, input_ids.to(self.device), mask.to(self.device)).tolist()
+        # Sorted by length and cut so that no forward pads past max_batch_tokens: a short
+        # pair never pays for a long one's padding.
+        order = sorted(range(len(batch)), key=lambda i: len(batch[i]))
+        out = [0.0] * len(batch)
+        start = 0
+        while start < len(order):
+            end = start + 1
+            while end < len(order) and (end - start + 1) * len(batch[order[end]]) <= self.max_batch_tokens:
+                end += 1
+            chunk = order[start:end]
+            input_ids, mask = collate([batch[i] for i in chunk], self.pad_id)
+            with torch.inference_mode():
+                values = forward_scores(self.model, input_ids.to(self.device),
+                                        mask.to(self.device)).tolist()
+            for i, value in zip(chunk, values):
+                out[i] = value
+            start = end
+        return out
 
 
 @serve.deployment
@@ -262,16 +352,30 @@ class _Guard:
         await self.app(scope, replay, send)
 
 
+ECHO_CHARS = 200  # an error message quotes at most this much of what a client sent
+
+
+def _short(text: str, limit: int = ECHO_CHARS) -> str:
+    return text if len(text) <= limit else f"{text[:limit]}... ({len(text)} characters)"
+
+
 def _validation_error(_request: Any, exc: RequestValidationError) -> JSONResponse:
-    """422 with one readable line per problem (where, what), never echoing the input."""
+    """422 with one readable line per problem (where, what), never echoing the input
+    beyond a short prefix (a 1 MB `lang` is named, not sent back)."""
     lines = []
-    for err in exc.errors():
+    for err in exc.errors()[:10]:
         if err.get("type") == "json_invalid":
-            lines.append(f"body is not valid JSON: {err.get('ctx', {}).get('error', '')}")
+            lines.append(f"body is not valid JSON: {_short(str(err.get('ctx', {}).get('error', '')))}")
             continue
         where = ".".join(str(p) for p in err.get("loc", ()) if p != "body")
-        lines.append(f"{where or 'body'}: {err.get('msg', 'invalid')}")
+        lines.append(f"{_short(where) or 'body'}: {_short(str(err.get('msg', 'invalid')))}")
     return JSONResponse({"detail": "; ".join(lines)}, 422)
+
+
+def _http_error(_request: Any, exc: StarletteHTTPException) -> JSONResponse:
+    """Every other error, with its message cut short too."""
+    return JSONResponse({"detail": _short(str(exc.detail), 2 * ECHO_CHARS)}, exc.status_code,
+                        headers=getattr(exc, "headers", None))
 
 
 @serve.deployment
@@ -297,6 +401,7 @@ class Selector:
                                  if cfg.token else "")))
         app.add_middleware(_Guard, token=cfg.token, max_body_bytes=cfg.max_body_bytes)
         app.add_exception_handler(RequestValidationError, _validation_error)
+        app.add_exception_handler(StarletteHTTPException, _http_error)
 
         @app.get("/healthz")
         async def healthz() -> dict:
@@ -306,11 +411,11 @@ class Selector:
         async def select_(req: SelectRequest) -> dict:
             self._check_limits(req.question, [c.text for c in req.candidates])
             texts, langs = [c.text for c in req.candidates], [c.lang for c in req.candidates]
-            return await self._choose([req.question] * len(texts), texts, langs)
+            return await self._in_time(self._choose([req.question] * len(texts), texts, langs))
 
         @app.post("/solve", response_model=Solution)
         async def solve(req: SolveRequest) -> dict:
-            return await self._solve(req)
+            return await self._in_time(self._solve(req))
 
         return app
 
@@ -324,6 +429,16 @@ class Selector:
             if len(text) > cfg.max_text_chars:
                 raise HTTPException(422, f"{where}: {len(text)} characters, at most "
                                          f"{cfg.max_text_chars} allowed")
+
+    async def _in_time(self, work: Any) -> dict:
+        """The request's answer, or 504 after request_timeout_s (its queued work is dropped)."""
+        try:
+            return await asyncio.wait_for(work, self.cfg.request_timeout_s)
+        except asyncio.TimeoutError:
+            raise HTTPException(504, f"no answer within request_timeout_s="
+                                     f"{self.cfg.request_timeout_s:g} s: the service is busy "
+                                     "or the request is large; retry, or send fewer or "
+                                     "shorter candidates") from None
 
     async def _call(self, what: str, method: Any, *args: Any) -> Any:
         # A replica that dies mid-request (crash, node loss, a kill) fails the call; both
@@ -348,6 +463,12 @@ class Selector:
         # In a thread: long texts take a while and must not stall the event loop that
         # serves every other request.
         ids, answers = await asyncio.to_thread(self._read, questions, texts, langs)
+        tokens = sum(len(x) for x in ids)
+        if tokens > self.cfg.max_request_tokens:
+            raise HTTPException(413, f"the request needs {tokens} reward-model tokens, over "
+                                     f"the limit max_request_tokens={self.cfg.max_request_tokens}"
+                                     f" (each candidate counts up to max_length="
+                                     f"{self.cfg.max_length}); send fewer or shorter candidates")
         scores = await self._call("reward model", self.scorer.score, ids)
         best = select(self.cfg.selector, answers, scores)
         return {"best": best, "answer": answers[best], "scores": scores}
@@ -390,7 +511,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
     scorer = Scorer.options(
         **scaling,
         # Counted in requests, each holding several pairs: well above the batch size so
-        # batches fill from many requests at once.
+        # batches fill from many requests at once (and the fair batcher sees them all).
         max_ongoing_requests=4 * cfg.max_batch_size,
         ray_actor_options={"num_cpus": cfg.scorer_num_cpus, "num_gpus": cfg.scorer_num_gpus, **env},
     ).bind(cfg)

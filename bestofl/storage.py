@@ -1,25 +1,65 @@
 """Outputs on local paths or pyarrow-filesystem URIs (s3://, gs://, file://, ...).
 
-Every command writes into one output folder: its data, `config.yaml` (the effective
-config) and, last, `_SUCCESS`. A folder with `_SUCCESS` is finished and is never replaced
-unless the user says `overwrite=true`; one without it is resumable.
+Every command writes into one output folder: its data, `_config.yaml` (the effective
+config) and, last, `_SUCCESS`; bookkeeping names start with `_` so that pandas, pyarrow
+datasets and Ray Data read the folder as data only. A folder with `_SUCCESS` is finished
+and is never replaced unless the user says `overwrite=true`; one without it is resumable.
 """
 from __future__ import annotations
 
 import json
 import os
 import posixpath
-from typing import Any
+from typing import Any, Sequence
 
 import pyarrow.fs as pafs
-
-from bestofl.config import to_yaml
+from omegaconf import OmegaConf
 
 FINISHED = "_SUCCESS"
+CONFIG = "_config.yaml"
+LEGACY_CONFIG = "config.yaml"  # outputs written before the `_` names; still read
 
 
 class OutputExistsError(FileExistsError):
     """The output folder holds a finished result and overwrite was not asked for."""
+
+
+class OutputError(ValueError):
+    """The output cannot be written where asked: it overlaps an input, or is not writable."""
+
+
+def _place(uri: str) -> tuple[str, str]:
+    """(scheme, normalised absolute path): pure string work, no filesystem call (an s3://
+    URI would cost a network round trip). Local paths resolve symlinks."""
+    if "://" in uri:
+        scheme, rest = uri.split("://", 1)
+        if scheme == "file":
+            return "file", os.path.realpath(rest)
+        return scheme, posixpath.normpath("/" + rest)
+    return "file", os.path.realpath(uri)
+
+
+def check_output_apart(output: str, inputs: Sequence[str | None], name: str = "output") -> None:
+    """Refuse an output that equals, lies inside, or contains any input, before anything is
+    touched: writing there would delete the input (overwrite=true) or nest one pool in
+    another (a reader then sees every row twice)."""
+    scheme, out = _place(output)
+    for given in inputs:
+        if not given:
+            continue
+        s, inp = _place(given)
+        if s != scheme:
+            continue
+        if out == inp:
+            relation = "is"
+        elif out.startswith(inp.rstrip("/") + "/"):
+            relation = "lies inside"
+        elif inp.startswith(out.rstrip("/") + "/"):
+            relation = "contains"
+        else:
+            continue
+        raise OutputError(f"{name}={output} {relation} the input {given}: choose an output "
+                          "folder apart from every input")
 
 
 def filesystem(uri: str) -> tuple[pafs.FileSystem, str]:
@@ -73,12 +113,27 @@ def prepare_output(output: str, overwrite: bool) -> bool:
     resuming = info.type == pafs.FileType.Directory and bool(
         fs.get_file_info(pafs.FileSelector(path, allow_not_found=True))
     )
-    fs.create_dir(path, recursive=True)
+    try:  # a read-only place, or a file where a folder should be, fails here, not mid-run
+        fs.create_dir(path, recursive=True)
+        probe = posixpath.join(path, "_write-probe")
+        with fs.open_output_stream(probe) as f:
+            f.write(b"")
+        fs.delete_file(probe)
+    except OSError as e:
+        raise OutputError(f"cannot write output {output}: {' '.join(str(e).split())}") from None
     return resuming
 
 
 def save_config(output: str, cfg: Any) -> None:
-    write_text(join(output, "config.yaml"), to_yaml(cfg))
+    write_text(join(output, CONFIG), OmegaConf.to_yaml(OmegaConf.structured(cfg)))
+
+
+def saved_config(output: str) -> str | None:
+    """The effective config an earlier run wrote into `output` (either name), or None."""
+    for name in (CONFIG, LEGACY_CONFIG):
+        if exists(join(output, name)):
+            return read_text(join(output, name))
+    return None
 
 
 def mark_finished(output: str, summary: dict[str, Any] | None = None) -> None:

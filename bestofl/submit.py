@@ -25,13 +25,10 @@ from typing import Any, Sequence
 
 import yaml
 
-from bestofl.cli import PIPELINES
-from bestofl.config import parse_command_line
+from bestofl.commands import COMMANDS, parse_args
 
 PROJECT_ROOT = Path(__file__).resolve().parents[1]
 RUNTIME_ENV_FILE = PROJECT_ROOT / "cluster" / "runtime_env.yaml"
-# Commands the CLI runs itself rather than through a pipelines/ module.
-CLI_COMMANDS = ("import", "tiny-model")
 CONTROL = ("status", "logs", "stop", "list")
 EXTRAS = ("gpu", "cpu")
 
@@ -73,12 +70,12 @@ def entrypoint(command: str, args: Sequence[str], python: str = "python") -> str
 
 
 def check_command(command: str, args: Sequence[str]) -> None:
-    """Validate a pipeline command's config locally, so a wrong key never reaches the cluster."""
-    if command in PIPELINES:
-        parse_command_line(command.replace("-", "_"), args)
-    elif command not in CLI_COMMANDS:
+    """Validate a command's config locally, so a wrong key never reaches the cluster."""
+    if command not in COMMANDS or command == "submit":
+        jobs = [c for c in COMMANDS if c != "submit"]
         raise ValueError(f"unknown command {command!r}; choose one of "
-                         f"{', '.join([*PIPELINES, *CLI_COMMANDS])} (or status, logs, stop, list)")
+                         f"{', '.join(jobs)} (or status, logs, stop, list)")
+    parse_args(command, args)
 
 
 def job_args(args: Sequence[str], working_dir: str) -> list[str]:

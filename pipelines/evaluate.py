@@ -19,6 +19,7 @@ from bestofl.report import summary, write_report
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     # Everything that can fail on user input fails before the output folder is touched;
     # a finished report is replaced only after the new one is computed.
+    storage.check_output_apart(cfg.output, [cfg.input, cfg.rm_stats])
     if storage.is_finished(cfg.output) and not cfg.overwrite:
         raise storage.OutputExistsError(
             f"{cfg.output} already holds a finished result; pass overwrite=true to replace it")

@@ -38,6 +38,9 @@ def check(cfg: SampleConfig) -> None:
 
 
 def run(cfg: SampleConfig) -> dict[str, Any]:
+    storage.check_output_apart(cfg.output, [
+        None if cfg.questions.startswith(("hf:", "generated:")) else cfg.questions,
+        cfg.model if os.path.exists(cfg.model) else None])
     if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
         cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
     if "://" not in cfg.output:  # actors write the output themselves

@@ -44,10 +44,10 @@ def _local(uri: str) -> str:
 
 def _check_same_job(cfg: ScoreConfig) -> None:
     """Refuse to continue a partial output written with another model or input."""
-    saved_path = storage.join(cfg.output, "config.yaml")
-    if not storage.exists(saved_path):
+    text = storage.saved_config(cfg.output)
+    if text is None:
         return
-    saved = OmegaConf.create(storage.read_text(saved_path))
+    saved = OmegaConf.create(text)
     diff = [k for k in SAME_JOB_KEYS if saved.get(k) != getattr(cfg, k)]
     if not diff:
         return
@@ -61,13 +61,11 @@ def _check_same_job(cfg: ScoreConfig) -> None:
 def run(cfg: ScoreConfig) -> dict[str, Any]:
     cfg = dataclasses.replace(cfg, input=_local(cfg.input), model=_local(cfg.model),
                               output=_local(cfg.output))
-    if cfg.input.rstrip("/") == cfg.output.rstrip("/"):
-        raise ValueError("output must be a new folder, not the input pool")
+    storage.check_output_apart(cfg.output, [cfg.input, cfg.model])
     scoring.check_model(cfg.model, cfg.trust_remote_code)
-    source = scoring.read_columns(cfg.input, pool.IDENTITY)
+    source = pool.read_pool(cfg.input, pool.IDENTITY)
     if source.num_rows == 0:
         raise pool.PoolError(f"input pool {cfg.input} holds no rows")
-    pool.check_identity(source)
     preflight.require(cfg)  # before writing anything: fails in seconds where Ray would wait forever
 
     resuming = storage.prepare_output(cfg.output, cfg.overwrite)
@@ -76,8 +74,8 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         _check_same_job(cfg)
         dropped = scoring.drop_partial_files(cfg.output)
     storage.save_config(cfg.output, cfg)
-    done = scoring.identity_keys(scoring.read_columns(cfg.output, pool.IDENTITY))
-    if len(done) and not pc.all(pc.is_in(done, value_set=scoring.identity_keys(source))).as_py():
+    done = pool.identity_keys(pool.read_pool(cfg.output, pool.IDENTITY))
+    if len(done) and not pc.all(pc.is_in(done, value_set=pool.identity_keys(source))).as_py():
         raise pool.PoolError(f"{cfg.output} holds rows that are not in {cfg.input}: "
                              "remove it or choose another output")
     todo = source.num_rows - len(done)
@@ -116,8 +114,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         ds.write_parquet(out_path, filesystem=out_fs, partition_cols=["response_lang"])
     seconds = time.perf_counter() - start
 
-    result = scoring.read_columns(cfg.output, [*pool.IDENTITY, "score"])
-    pool.check_identity(result)
+    result = pool.read_pool(cfg.output, [*pool.IDENTITY, "score"])
     if result.num_rows != source.num_rows:
         raise pool.PoolError(f"{cfg.output} holds {result.num_rows} rows, the input "
                              f"{source.num_rows}; rerun to finish the missing ones")

@@ -2,7 +2,6 @@
 the key before any work, import and tiny-model end to end."""
 from __future__ import annotations
 
-import importlib.util
 import json
 import os
 import subprocess
@@ -12,6 +11,7 @@ from pathlib import Path
 import pytest
 
 from bestofl import cli
+from bestofl.commands import COMMANDS
 
 ROOT = Path(__file__).resolve().parents[1]
 BESTOFL = Path(sys.executable).parent / "bestofl"  # the venv's console script
@@ -47,8 +47,8 @@ def test_config_error_exits_2_naming_the_key_before_any_work(tmp_path):
     assert "bestofl import: error:" in done.stderr and "'colums'" in done.stderr
     assert "Traceback" not in done.stderr
     assert not out.exists()
-    done = run("import", "--format", "csv", str(src), str(out))
-    assert done.returncode == 2 and "invalid choice: 'csv'" in done.stderr
+    done = run("import", "format=csv", f"src={src}", f"output={out}")
+    assert done.returncode == 2 and "format must be 'xling-traces' or 'jsonl', got 'csv'" in done.stderr
 
 
 def test_import_then_refuse_then_overwrite(tmp_path, capsys):
@@ -61,29 +61,185 @@ def test_import_then_refuse_then_overwrite(tmp_path, capsys):
     assert cli.main(["import", "--format", "jsonl", str(src), str(out)]) == 2
     assert "overwrite=true" in capsys.readouterr().err
     assert cli.main(["import", "--format", "jsonl", str(src), str(out), "--overwrite"]) == 0
+    # key=value like every other command; the flag forms above stay as they were
+    assert cli.main(["import", "format=jsonl", f"src={src}", f"output={out}", "overwrite=true"]) == 0
+    assert cli.main(["import", "format=jsonl", str(src), str(out), "extra"]) == 2
+    assert "unexpected argument(s) ['extra']" in capsys.readouterr().err
     assert cli.main(["import", "--format", "jsonl", str(tmp_path / "none.jsonl"), str(tmp_path / "o2")]) == 2
     assert "not found" in capsys.readouterr().err
 
 
 def test_tiny_model_command(tmp_path):
     out = tmp_path / "rm"
-    done = run("tiny-model", "--kind", "rm", str(out))
+    done = run("tiny-model", "kind=rm", f"output={out}")
     assert done.returncode == 0, done.stderr
     assert done.stdout.strip() == str(out)
     files = {p.name for p in out.iterdir()}
     assert {"config.json", "model.safetensors", "tokenizer.json"} <= files
     assert not any(name.endswith(".bin") for name in files)  # safetensors only
     assert json.loads((out / "config.json").read_text())["architectures"] == ["LlamaForSequenceClassification"]
-    with pytest.raises(SystemExit) as e:  # argparse rejects the kind before any work
-        cli.main(["tiny-model", "--kind", "xl", str(tmp_path / "xl")])
-    assert e.value.code == 2 and not (tmp_path / "xl").exists()
+    # the first form (positional folder, flags) still works; a bad kind fails before any work
+    assert cli.main(["tiny-model", "--kind", "xl", str(tmp_path / "xl")]) == 2
+    assert not (tmp_path / "xl").exists()
 
 
-@pytest.mark.parametrize("command", sorted(cli.PIPELINES))
-def test_pipeline_config_error_exits_2(command, capsys):
-    """In process (no interpreter start per command); skipped until the module exists."""
-    if importlib.util.find_spec(cli.PIPELINES[command]) is None:
-        pytest.skip(f"{cli.PIPELINES[command]} not written yet")
+@pytest.mark.parametrize("command", sorted(c.name for c in COMMANDS.values() if c.config))
+def test_command_config_error_exits_2(command, capsys):
+    """In process (no interpreter start per command)."""
     assert cli.main([command, "no_such_key=1"]) == 2
     err = capsys.readouterr().err
     assert f"bestofl {command}: error:" in err and "no_such_key" in err
+
+
+# ---------------------------------------------------------------- outputs apart from inputs
+def _finished_pool(path: Path) -> Path:
+    from bestofl import pool, storage
+
+    rows = [dict(qid=f"q{i}", question_lang="en", response_lang="en", sample_idx=0, model="m",
+                 method="hand", response=f"The answer is {i}.", answer=str(i), gold=str(i),
+                 correct=True) for i in range(4)]
+    pool.write_pool(pool.to_table(rows), str(path))
+    storage.mark_finished(str(path), {"rows": 4})
+    return path
+
+
+def _snapshot(path: Path) -> dict[str, bytes]:
+    if path.is_file():
+        return {"": path.read_bytes()}
+    return {str(p.relative_to(path)): p.read_bytes() for p in sorted(path.rglob("*")) if p.is_file()}
+
+
+def _command_args(command: str, inputs: Path, output: Path) -> list[str]:
+    """The command with `inputs` as its data input and `output` as its output; everything
+    else is valid enough to get past parsing (the guard must fire before it is used)."""
+    if command == "sample":
+        return ["sample", f"questions={inputs}", "model=/nonexistent/model", f"output={output}"]
+    if command == "import":
+        return ["import", f"src={inputs}", f"output={output}", "format=jsonl"]
+    if command == "train-rm":
+        return ["train-rm", f"input=[{inputs}]", "model=/nonexistent/model", f"output={output}"]
+    if command == "score":
+        return ["score", f"input={inputs}", "model=/nonexistent/rm", f"output={output}"]
+    return ["evaluate", f"input={inputs}", f"output={output}"]
+
+
+@pytest.mark.parametrize("relation", ["equal", "inside", "contains"])
+@pytest.mark.parametrize("command", ["sample", "import", "train-rm", "score", "evaluate"])
+def test_output_overlapping_an_input_is_refused_and_the_input_kept(command, relation, tmp_path, capsys):
+    """`overwrite=true` with output=input deleted the input pool (evaluate, train-rm); an
+    output inside the input nested one pool in another. Both exit 2, the input intact."""
+    if command in ("sample", "import"):  # a questions / generations file as the input
+        base = tmp_path / "data"
+        base.mkdir()
+        inputs = base / "in.jsonl"
+        inputs.write_text(json.dumps({"qid": "a", "lang": "en", "question": "1+1?", "gold": "2",
+                                      "response": "The answer is 2."}) + "\n")
+    else:
+        inputs = _finished_pool(tmp_path / "data" / "pool")
+    output = {"equal": inputs, "inside": inputs / "nested",
+              "contains": inputs.parent}[relation]
+    before = _snapshot(tmp_path / "data")
+    assert cli.main([*_command_args(command, inputs, output), "overwrite=true"]) == 2
+    err = capsys.readouterr().err
+    assert f"bestofl {command}: error:" in err and "apart from every input" in err, err
+    assert len(err.strip().splitlines()) == 1
+    assert _snapshot(tmp_path / "data") == before
+
+
+def test_nested_pool_is_refused_by_readers_naming_both_folders(tmp_path, capsys):
+    """A pool written inside another (by an older version, or by hand) reads every row twice:
+    evaluate refuses it, naming the folders, instead of reporting doubled budgets."""
+    outer = _finished_pool(tmp_path / "pool")
+    _finished_pool(outer / "scored")
+    assert cli.main(["evaluate", f"input={outer}", f"output={tmp_path / 'report'}"]) == 2
+    err = capsys.readouterr().err
+    assert "4 row identities appear more than once" in err
+    assert f"{outer}," in err and str(outer / "scored") in err
+    assert not (tmp_path / "report").exists()
+
+
+@pytest.mark.parametrize("where", ["file-in-path", "read-only"])
+def test_unwritable_output_is_one_line_exit_2(where, tmp_path, capsys):
+    """An output nobody can write ends in exit 2 and one line, not a traceback. Root ignores
+    permission bits, so as root the read-only place is sysfs (refuses new entries to root too)."""
+    inputs = _finished_pool(tmp_path / "pool")
+    if where == "file-in-path":
+        (tmp_path / "a-file").write_text("x")
+        output = tmp_path / "a-file" / "report"
+    elif os.geteuid() == 0:
+        output = Path("/sys/bestofl-test-report")
+        if output.exists() or not Path("/sys").is_dir():
+            pytest.skip("no sysfs to stand for a read-only place")
+    else:
+        locked = tmp_path / "locked"
+        locked.mkdir()
+        locked.chmod(0o555)
+        output = locked / "report"
+    assert cli.main(["evaluate", f"input={inputs}", f"output={output}", "plots=false"]) == 2
+    err = capsys.readouterr().err
+    assert err.startswith(f"bestofl evaluate: error: cannot write output {output}") and err.count("\n") == 1
+
+
+def test_config_file_whose_top_level_is_a_list_is_one_line_exit_2(tmp_path):
+    config = tmp_path / "list.yaml"
+    config.write_text("- input: a\n- output: b\n")
+    done = run("evaluate", "--config", str(config))
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert done.stderr.strip() == (f"bestofl evaluate: error: {config}: the top level must be "
+                                   "a mapping of keys (key: value), not a list")
+
+
+@pytest.mark.parametrize("command", sorted(c.name for c in COMMANDS.values() if c.config))
+def test_command_help_lists_every_key_with_default_and_comment(command, capsys):
+    """`bestofl <command> --help`: each key of the schema, its default from the conf YAML
+    and that YAML's comment for it (the one source of both)."""
+    from omegaconf import OmegaConf
+
+    from bestofl.config import CONF_DIR, yaml_comments
+
+    with pytest.raises(SystemExit) as e:
+        cli.main([command, "--help"])
+    assert e.value.code == 0
+    text = " ".join(capsys.readouterr().out.split())
+    conf = CONF_DIR / f"{COMMANDS[command].config}.yaml"
+    comments = yaml_comments(conf)
+    assert comments, f"{conf.name} has no key comments"
+    for key, comment in comments.items():
+        assert (f"{key}=" in text or f"{key}:" in text) and " ".join(comment.split()) in text, key
+    loaded = OmegaConf.load(conf)
+    for key in ("output", "model", "input"):  # a required key shows as ???
+        if key in loaded and OmegaConf.is_missing(loaded, key):
+            assert f" {key}=??? " in f" {text} "
+
+
+def test_registry_is_one_and_has_no_import_circle():
+    """One command registry: submit checks against it and does not import the CLI."""
+    import ast
+
+    from bestofl.config import CONF_DIR, SCHEMAS
+
+    for name, spec in COMMANDS.items():
+        assert spec.main(), name  # the entry resolves
+        if spec.config:
+            assert spec.config in SCHEMAS and (CONF_DIR / f"{spec.config}.yaml").is_file()
+    tree = ast.parse((ROOT / "bestofl" / "submit.py").read_text())
+    imported = {n.module for n in ast.walk(tree) if isinstance(n, ast.ImportFrom)}
+    assert "bestofl.cli" not in imported and "bestofl.commands" in imported
+    tree = ast.parse((ROOT / "bestofl" / "storage.py").read_text())
+    assert not any(isinstance(n, ast.ImportFrom) and n.module == "bestofl.config"
+                   for n in ast.walk(tree))
+
+
+def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monkeypatch):
+    """`--verbose` is the CLI's own switch: the command never sees it, init_ray reads it."""
+    from bestofl import ray_runtime
+
+    monkeypatch.delenv(ray_runtime.VERBOSE_ENV, raising=False)
+    for key in ray_runtime.QUIET_ENV:  # the quiet mode sets them
+        monkeypatch.delenv(key, raising=False)
+    assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}", "--verbose"]) == 0
+    assert os.environ.get(ray_runtime.VERBOSE_ENV) == "1" == os.environ[cli.VERBOSE_ENV]
+    assert (tmp_path / "lm" / "config.json").exists()
+    assert "logging_config" not in ray_runtime._logging_args()
+    monkeypatch.delenv(ray_runtime.VERBOSE_ENV)
+    assert ray_runtime._logging_args()["logging_config"].log_level == "ERROR"

@@ -8,15 +8,17 @@ from the preset's header comment, which must show that command line (torchtune s
 from __future__ import annotations
 
 import re
-from dataclasses import fields
+import typing
+from dataclasses import fields, is_dataclass
 from pathlib import Path
+from typing import Any
 
 import pytest
 from omegaconf import OmegaConf
 
 from bestofl import storage
 from bestofl.config import (CONF_DIR, SCHEMAS, ConfigError, SampleConfig, load_config,
-                            merge_overrides, parse_command_line, to_yaml)
+                            merge_overrides, parse_command_line, to_yaml, value_range)
 
 REQUIRED = ["questions=generated:4", "model=some/model", "output=runs/x"]
 
@@ -101,7 +103,7 @@ def test_effective_config_saved_beside_output(tmp_path):
     out = str(tmp_path / "run")
     storage.prepare_output(out, overwrite=False)
     storage.save_config(out, cfg)
-    saved = Path(out) / "config.yaml"
+    saved = Path(out) / "_config.yaml"
     assert saved.read_text() == to_yaml(cfg)
     assert load_config("sample", saved) == cfg  # the saved file reproduces the run
 
@@ -165,3 +167,92 @@ def test_preset_rule(tmp_path):
     assert (cfg.num_workers, cfg.use_gpu, cfg.input) == (8, True, ["placeholder"])
     preset.write_text("# no command shown here\nn: 2\n")
     assert _header_command(preset) is None
+
+
+# ---------------------------------------------------------------- every key, out of range
+def _leaves(schema: type, prefix: str = "") -> list[tuple[str, Any, Any]]:
+    """(dotted key, type, dataclass field) of every leaf key of a schema."""
+    hints = typing.get_type_hints(schema)
+    out = []
+    for f in fields(schema):
+        kind = hints[f.name]
+        if is_dataclass(kind):
+            out += _leaves(kind, f"{prefix}{f.name}.")
+        else:
+            out.append((prefix + f.name, kind, f))
+    return out
+
+
+def _bad_value(key: str, kind: Any, fld: Any) -> str:
+    """A value of the right shape but out of range (or of the wrong type where every value
+    of the type is fine)."""
+    args = [a for a in typing.get_args(kind) if a is not type(None)]
+    base = args[0] if typing.get_origin(kind) is typing.Union else kind
+    if base is bool:
+        return "maybe"
+    if base in (int, float):
+        rule = value_range(key, fld)
+        if rule.ge is not None:
+            return str(rule.ge - 1)
+        if rule.gt is not None:
+            return str(rule.gt)
+        if rule.le is not None:
+            return str(rule.le + 1)
+        return "nan" if base is float else "abc"
+    if base is str:
+        return "''"
+    if typing.get_origin(base) is list:
+        (item,) = typing.get_args(base)
+        return "[0]" if item is int else "['']"
+    return "5"  # dicts and free-form keys: not a mapping / not a pool
+
+
+CASES = [(command, key, kind, fld) for command, schema in SCHEMAS.items()
+         for key, kind, fld in _leaves(schema)]
+
+
+@pytest.mark.parametrize("command, key, kind, fld", CASES, ids=[f"{c}:{k}" for c, k, _, _ in CASES])
+def test_every_key_refuses_an_out_of_range_value(command, key, kind, fld):
+    """Each key of each schema, set to a value it must not take, is a ConfigError naming
+    the key at parse time (lr=-1, top_p=5, temperature=nan, max_model_len=-4, ...)."""
+    good = _load_with_placeholders(command, CONF_DIR / f"{command}.yaml")
+    bad = _bad_value(key, kind, fld)
+    with pytest.raises(ConfigError) as e:
+        merge_overrides(good, [f"{key}={bad}"])
+    assert key.rsplit(".", 1)[-1] in str(e.value), str(e.value)
+
+
+@pytest.mark.parametrize("key, value", [
+    ("lr", "-1"), ("max_grad_norm", "-1"), ("max_grad_norm", "0"), ("ray.num_cpus", "0"),
+    ("cpus_per_worker", "0"), ("val_fraction", "1.5"), ("lr", "inf")])
+def test_issue_examples_are_refused_with_the_key(key, value):
+    good = _load_with_placeholders("train_rm", CONF_DIR / "train_rm.yaml")
+    with pytest.raises(ConfigError, match=re.escape(key)):
+        merge_overrides(good, [f"{key}={value}"])
+    sample = _load_with_placeholders("sample", CONF_DIR / "sample.yaml")
+    for key, value in (("sampling.temperature", "nan"), ("sampling.top_p", "5"),
+                       ("engine.max_model_len", "-4"), ("actors.num_cpus", "0")):
+        with pytest.raises(ConfigError, match=re.escape(key)):
+            merge_overrides(sample, [f"{key}={value}"])
+    serve = _load_with_placeholders("serve", CONF_DIR / "serve.yaml")
+    with pytest.raises(ConfigError, match="scorer_num_cpus"):
+        merge_overrides(serve, ["scorer_num_cpus=-2"])
+
+
+def test_yaml_comments_rule(tmp_path):
+    """The comment of a key: on its line (with continuation lines below), else the block
+    right above it at its indentation; the header belongs to no key."""
+    from bestofl.config import yaml_comments
+
+    path = tmp_path / "x.yaml"
+    path.write_text("# header: bestofl x\n#   bestofl x a=1\n"
+                    "a: 1           # the first\n"
+                    "               # goes on here\n"
+                    "b: [1, 2]\n"
+                    "# about c\n"
+                    "c: x#y\n"
+                    "d:\n"
+                    "  # inner\n"
+                    "  e: null     # deep\n"
+                    "  f: 2\n")
+    assert yaml_comments(path) == {"a": "the first goes on here", "c": "about c", "d.e": "deep"}

@@ -369,7 +369,7 @@ def test_report_files_and_schema(report_dir):
     assert "WARNING: score_provenance is not set" in md  # the default config says nothing
     png = (out / "accuracy_vs_budget.png").read_bytes()
     assert png[:8] == b"\x89PNG\r\n\x1a\n" and len(png) > 20_000
-    assert (out / "_SUCCESS").exists() and (out / "config.yaml").exists()
+    assert (out / "_SUCCESS").exists() and (out / "_config.yaml").exists()
 
 
 def test_report_is_not_overwritten_silently(report_dir):

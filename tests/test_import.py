@@ -62,7 +62,7 @@ def test_round_trip_counts_and_identity(imported):
     assert storage.is_finished(str(out))
     done = json.loads((out / "_SUCCESS").read_text())
     assert done["rows"] == len(rows) and done["files"] == 5
-    assert load_config("import", out / "config.yaml",
+    assert load_config("import", out / "_config.yaml",
                        ["src=x", "output=y"]).format == "xling-traces"  # effective config saved
 
 

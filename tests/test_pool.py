@@ -99,3 +99,18 @@ def test_corrupt_file_is_named(tmp_path, damage):
     with pytest.raises(PoolError) as e:
         read_pool(str(out))
     assert str(victim) in str(e.value)
+
+
+def test_duplicate_identities_name_the_folders_they_come_from(tmp_path):
+    from bestofl.pool import read_pools
+
+    a, b = str(tmp_path / "a"), str(tmp_path / "b")
+    write_pool(to_table(_rows(3)), a)
+    write_pool(to_table(_rows(2)), b)
+    with pytest.raises(PoolError, match="2 row identities appear more than once") as e:
+        read_pools([a, b])
+    assert f"in {a}, {b}:" in str(e.value)
+    assert read_pools([a]).num_rows == 3 and read_pool(a, columns=["qid"]).column_names == ["qid"]
+    write_pool(to_table(_rows(1)), a)  # the same row twice in one pool (e.g. a rerun bug)
+    with pytest.raises(PoolError, match=f"1 row identities appear more than once .* in {a}:"):
+        read_pool(a, columns=["qid"])  # checked even when identity columns are not asked for

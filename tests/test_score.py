@@ -136,7 +136,7 @@ def test_output_is_a_partitioned_finished_pool(scored):
         assert any(f.endswith(".parquet") for f in os.listdir(output / part))
     assert not (output / "response_lang=en" / "torn.parquet").exists()
     assert storage.is_finished(str(output))
-    saved = load_config("score", output / "config.yaml")
+    saved = load_config("score", output / "_config.yaml")
     assert saved.model == os.path.abspath(saved.model) and saved.max_length == MAX_LENGTH
 
 
@@ -215,3 +215,12 @@ def test_sort_by_length_drops_done_rows_and_groups_lengths(source):
     assert sorted(_key(r) for r in out.to_pylist()) == sorted(_key(r) for r in rows[10:])
     lengths = [len(r["prompt"] or "") + len(r["response"]) for r in out.to_pylist()]
     assert lengths == sorted(lengths) and lengths[0] < lengths[-1]
+
+
+def test_scored_output_reads_as_is_by_the_usual_tools(scored):
+    """The scored pool (Ray Data's part files beside _config.yaml and _SUCCESS) reads with
+    pandas, pyarrow datasets and globbing, no filter needed."""
+    from test_storage import read_with_every_tool
+
+    output, summary, _ = scored
+    assert set(read_with_every_tool(str(output)).values()) == {summary["rows"]}

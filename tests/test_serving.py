@@ -127,6 +127,55 @@ def test_bad_serve_config_fails_before_any_ray_work(capsys):
     assert "port" in capsys.readouterr().err
 
 
+def test_fair_batcher_serves_a_small_request_while_a_large_one_waits():
+    """Batches take pairs round-robin across requests: a 1-pair request sent after a 64-pair
+    one is in the very next batch, not behind all 64; a cancelled (timed out) request's
+    pairs that have not run are dropped; a batch stays within its token cap."""
+    import asyncio
+    import threading
+
+    from bestofl.serving import FairBatcher
+
+    batches: list[list[int]] = []
+    gate = threading.Event()
+
+    def run(batch: list[list[int]]) -> list[float]:
+        gate.wait(10)  # the first batch holds until both requests are queued
+        batches.append([ids[0] for ids in batch])
+        return [float(ids[0]) for ids in batch]
+
+    async def scenario() -> None:
+        fair = FairBatcher(run, max_pairs=4, max_tokens=4 * 10, wait_s=0)
+        big = asyncio.ensure_future(fair.score([[i] * 10 for i in range(64)]))
+        await asyncio.sleep(0.05)  # the first batch (4 big pairs) is running
+        small = asyncio.ensure_future(fair.score([[1000] * 10]))
+        await asyncio.sleep(0.05)
+        gate.set()
+        assert await small == [1000.0]
+        assert await big == [float(i) for i in range(64)]
+        assert any(1000 in b for b in batches[:2]), batches[:3]
+        assert all(len(b) <= 4 for b in batches)
+        # a timed out request: what has not run yet is not run
+        batches.clear()
+        gate.clear()
+        doomed = asyncio.ensure_future(fair.score([[i] * 10 for i in range(100, 164)]))
+        await asyncio.sleep(0.05)
+        doomed.cancel()
+        gate.set()
+        assert await fair.score([[7] * 10]) == [7.0]
+        assert sum(len(b) for b in batches) <= 4 + 1, batches
+
+    asyncio.run(asyncio.wait_for(scenario(), 60))
+
+
+def test_error_messages_never_echo_more_than_a_short_prefix():
+    from bestofl.serving import ECHO_CHARS, _short
+
+    assert _short("x" * 10) == "x" * 10
+    long = _short("y" * 1_000_000)
+    assert long.startswith("y" * ECHO_CHARS) and len(long) < ECHO_CHARS + 40
+
+
 # ---------------------------------------------------------------- shared Serve instance
 @pytest.fixture(scope="module")
 def rm(tiny_rm):
@@ -208,8 +257,69 @@ def _real_traces(n: int) -> list[dict]:
     return out[:n]
 
 
+BUDGET_PAIRS = 48  # the fair app's max_request_tokens holds this many max_length pairs
+LONG_TEXT = "16 - 3 - 4 = 9, and 9 * 2 = 18. " * 200 + "The answer is 18."  # over max_length
+
+
+@pytest.fixture(scope="module")
+def fair_app(serve_url, tiny_rm):
+    """Full-size limits and small batches: a maximum-size request takes many forward
+    passes, so how small requests fare beside it shows."""
+    from ray import serve
+
+    from bestofl.serving import build_app
+
+    cfg = load_config("serve", None, [f"model={tiny_rm}", f"max_length={MAX_LENGTH}",
+                                      "max_batch_size=2", f"max_batch_tokens={2 * MAX_LENGTH}",
+                                      f"max_request_tokens={BUDGET_PAIRS * MAX_LENGTH}",
+                                      "batch_wait_timeout_s=0", "ingress_num_cpus=0.1"])
+    serve.run(build_app(cfg), name="fair", route_prefix="/fair")
+    return f"{serve_url}/fair"
+
+
 @pytest.mark.slow
 class TestService:
+    def test_small_requests_stay_fast_beside_maximum_size_ones(self, fair_app):
+        """Two maximum-size requests (the compute budget's worth of max_length pairs) in
+        flight, and small requests sent one after another meanwhile: each small one waits
+        for a batch or two, not for the large ones to finish (a first-come batch queue
+        made it wait for every large pair). Bounded: seconds on loopback."""
+        from concurrent.futures import ThreadPoolExecutor
+
+        big = {"question": QUESTION, "candidates": [{"text": LONG_TEXT, "lang": "en"}] * BUDGET_PAIRS}
+        small = {"question": QUESTION, "candidates": [{"text": "The answer is 18.", "lang": "en"}]}
+        requests.post(f"{fair_app}/select", json=small, timeout=60).raise_for_status()  # warm
+
+        def timed(body: dict) -> float:
+            start = time.monotonic()
+            r = requests.post(f"{fair_app}/select", json=body, timeout=120)
+            assert r.status_code == 200, r.text
+            return time.monotonic() - start
+
+        with ThreadPoolExecutor(2) as ex:
+            bigs = [ex.submit(timed, big) for _ in range(2)]
+            time.sleep(0.5)  # both are tokenized and queued at the scorer
+            small_times = []
+            while not all(f.done() for f in bigs):
+                small_times.append(timed(small))
+            big_times = [f.result() for f in bigs]
+        assert small_times, "the large requests finished before a small one was sent"
+        assert max(small_times) < 0.5 * min(big_times), (small_times, big_times)
+
+    def test_compute_budget_is_413_naming_the_limit(self, fair_app):
+        body = {"question": QUESTION,
+                "candidates": [{"text": LONG_TEXT, "lang": "en"}] * (BUDGET_PAIRS + 1)}
+        r = requests.post(f"{fair_app}/select", json=body, timeout=120)
+        assert r.status_code == 413, r.text
+        assert f"max_request_tokens={BUDGET_PAIRS * MAX_LENGTH}" in r.json()["detail"]
+
+    def test_a_huge_unknown_language_is_not_echoed(self, fair_app):
+        code = "q" * 1_000_000
+        r = requests.post(f"{fair_app}/select", timeout=60, json={
+            "question": QUESTION, "candidates": [{"text": "x", "lang": code}]})
+        assert r.status_code == 422 and "candidates.0.lang" in r.json()["detail"]
+        assert len(r.content) < 1000, len(r.content)
+
     def test_select_picks_the_argmax_of_offline_scores(self, main_app, offline):
         candidates = _real_traces(6)
         assert len(candidates) >= 4

@@ -60,7 +60,7 @@ def test_output_lifecycle(base):
     assert json.loads(storage.read_text(storage.join(out, storage.FINISHED))) == {"rows": 2}
     fs, path = storage.filesystem(out)
     names = {os.path.basename(f.path) for f in fs.get_file_info(pafs.FileSelector(path))}
-    assert {"config.yaml", "_SUCCESS", "response_lang=en"} <= names
+    assert {"_config.yaml", "_SUCCESS", "response_lang=en"} <= names
     assert not any(n.endswith(".tmp") for n in names)  # atomic writes leave no temporaries
 
     with pytest.raises(storage.OutputExistsError, match="overwrite=true"):
@@ -76,3 +76,55 @@ def test_file_uri_and_plain_path_are_the_same_place(tmp_path):
     assert pool.read_pool(str(tmp_path / "p")).num_rows == 2
     storage.write_text(str(tmp_path / "x" / "note.txt"), "hi")
     assert storage.read_text(f"file://{tmp_path}/x/note.txt") == "hi"
+
+
+# ---------------------------------------------------------------- the usual readers
+def read_with_every_tool(folder: str) -> dict[str, int]:
+    """Rows of an output folder read as is by pandas, pyarrow.dataset and DuckDB-style
+    globbing (every `**/*.parquet` file; duckdb itself when installed)."""
+    import glob
+
+    import pandas as pd
+    import pyarrow.dataset as pads
+    import pyarrow.parquet as pq
+
+    counts = {"pandas": len(pd.read_parquet(folder)),
+              "pyarrow.dataset": pads.dataset(folder).count_rows(),
+              "glob": sum(pq.read_metadata(f).num_rows
+                          for f in glob.glob(f"{folder}/**/*.parquet", recursive=True))}
+    try:
+        import duckdb
+    except ImportError:
+        return counts
+    counts["duckdb"] = duckdb.sql(f"select count(*) from '{folder}/**/*.parquet'").fetchone()[0]
+    return counts
+
+
+def test_pool_and_report_folders_read_as_is_by_the_usual_tools(tmp_path):
+    """A pool (with its _config.yaml and _SUCCESS) and the report's per-question table read
+    with pandas, pyarrow datasets and globbing, no filter needed."""
+    from bestofl import cli
+
+    src = tmp_path / "gens.jsonl"
+    src.write_text("".join(json.dumps({"qid": f"q{i}", "lang": lang, "gold": str(i),
+                                       "response": f"The answer is {i + s % 2}.", "sample_idx": s})
+                           + "\n" for i in range(3) for lang in ("en", "de") for s in range(2)))
+    out = tmp_path / "pool"
+    assert cli.main(["import", "format=jsonl", f"src={src}", f"output={out}"]) == 0
+    assert {"_config.yaml", "_SUCCESS"} <= {p.name for p in out.iterdir()}
+    assert set(read_with_every_tool(str(out)).values()) == {12}
+    report = tmp_path / "report"
+    assert cli.main(["evaluate", f"input={out}", f"output={report}", "plots=false",
+                     "bootstrap=10", "selectors=[majority]"]) == 0
+    per_question = report / "per_question.parquet"  # the report's table, where written
+    if per_question.exists():
+        assert len(set(read_with_every_tool(str(per_question)).values())) == 1
+
+
+def test_outputs_of_the_first_layout_still_resume(tmp_path):
+    """Outputs written before the `_` names hold `config.yaml`: it is still read."""
+    out = str(tmp_path / "old")
+    storage.write_text(storage.join(out, storage.LEGACY_CONFIG), "seed: 1\n")
+    assert storage.saved_config(out) == "seed: 1\n"
+    storage.write_text(storage.join(out, storage.CONFIG), "seed: 2\n")
+    assert storage.saved_config(out) == "seed: 2\n"  # the new name wins where both exist

@@ -34,6 +34,7 @@ from transformers import AutoConfig
 
 from bestofl import pool, storage
 from bestofl.config import TrainRMConfig
+from bestofl.ray_runtime import train_logging
 from bestofl.reward import card, checkpoint, data, training
 from bestofl.reward.tracking import check_tracker
 
@@ -66,6 +67,8 @@ class FitResult:
 
 def prepare(cfg: TrainRMConfig) -> TrainingJob:
     """Every check that can fail before Ray starts; then the output folder is claimed."""
+    storage.check_output_apart(cfg.output,
+                               [*cfg.input, cfg.model if os.path.exists(cfg.model) else None])
     try:  # a wrong model path fails here, not minutes later in every worker
         AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
@@ -197,7 +200,8 @@ def fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: s
         run_config=ray.train.RunConfig(
             name=name, storage_path=storage_path,
             checkpoint_config=ray.train.CheckpointConfig(num_to_keep=cfg.num_to_keep),
-            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures)),
+            failure_config=ray.train.FailureConfig(max_failures=cfg.max_failures),
+            logging_config=train_logging()),
         datasets=datasets,
         dataset_config=ray.train.DataConfig(datasets_to_split=["train"]),
     )
@@ -238,10 +242,10 @@ def _written_scores(pool_uri: str, table: pa.Table, held: set[str]) -> dict[int,
 def _same_job(cfg: TrainRMConfig) -> bool:
     """Whether a partial output may be resumed; another job's is refused, or cleared
     when overwrite=true (its checkpoints would not fit this run)."""
-    saved_path = storage.join(cfg.output, "config.yaml")
-    if not storage.exists(saved_path):
+    text = storage.saved_config(cfg.output)
+    if text is None:
         return True
-    saved = OmegaConf.to_container(OmegaConf.create(storage.read_text(saved_path)))
+    saved = OmegaConf.to_container(OmegaConf.create(text))
     now = dataclasses.asdict(cfg)
     diff = [k for k in SAME_JOB_KEYS if saved.get(k, now[k]) != now[k]]
     if not diff:

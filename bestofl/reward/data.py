@@ -22,7 +22,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from bestofl.pool import check_identity, read_pool
+from bestofl.pool import read_pools
 from bestofl.scoring import needs_score
 
 # Columns a response row carries through training and validation.
@@ -33,9 +33,7 @@ def load_pools(inputs: Sequence[str]) -> pa.Table:
     """All input pools as one table; a row identity in two pools is an error."""
     if not inputs:
         raise ValueError("input: give at least one candidate pool")
-    table = pa.concat_tables([read_pool(uri) for uri in inputs])
-    check_identity(table)
-    return table
+    return read_pools(inputs)
 
 
 def response_rows(table: pa.Table) -> list[dict[str, Any]]:
