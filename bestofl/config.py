@@ -682,12 +682,17 @@ def describe_keys(command: str) -> str:
     return "\n".join(lines)
 
 
-def parse_command_line(command: str, argv: Sequence[str] | None = None) -> Any:
-    """`[--config FILE] key=value ...` -> validated config; shared by the CLI and pipelines/."""
+def command_parser(command: str) -> argparse.ArgumentParser:
+    """`[--config FILE] key=value ...`; --help lists every key with its default and comment."""
     parser = argparse.ArgumentParser(
         prog=f"bestofl {command.replace('_', '-')}", epilog=describe_keys(command),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides key=value")
-    args = parser.parse_args(argv)
+    return parser
+
+
+def parse_command_line(command: str, argv: Sequence[str] | None = None) -> Any:
+    """`[--config FILE] key=value ...` -> validated config; shared by the CLI and pipelines/."""
+    args = command_parser(command).parse_args(argv)
     return load_config(command, args.config, args.overrides)

@@ -7,12 +7,11 @@ reads no model files (a hub id stays a name).
 """
 from __future__ import annotations
 
-import argparse
 import json
 from typing import Any, Callable, Sequence
 
 from bestofl import preflight
-from bestofl.config import load_config
+from bestofl.config import command_parser, load_config
 from bestofl.hardware import resolve_dtype
 from bestofl.sampling import check_kv_cache, engine_args
 
@@ -124,13 +123,11 @@ def command_main(command: str, argv: Sequence[str] | None, run: Callable[[Any], 
                  check: Callable[[Any], None] | None = None) -> int:
     """`[--config FILE] [--dry-run [--platform cpu|gpu]] key=value ...` for a Ray command:
     print the plan, or `check` the config (e.g. preflight.require) and run it."""
-    parser = argparse.ArgumentParser(prog=f"bestofl {command.replace('_', '-')}")
-    parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
+    parser = command_parser(command)
     parser.add_argument("--dry-run", action="store_true",
                         help="print the resolved plan as JSON and start no Ray work")
     parser.add_argument("--platform", choices=["cpu", "gpu"], default=None,
                         help="with --dry-run: resolve as on such a node (default: this one)")
-    parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides key=value")
     args = parser.parse_args(argv)
     cfg = load_config(command, args.config, args.overrides)
     if args.dry_run:
