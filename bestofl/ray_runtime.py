@@ -2,24 +2,65 @@
 from __future__ import annotations
 
 import os
+import sys
 
 import ray
 
 from bestofl.config import RayConfig
 
+LOCAL = "local"
+
+
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster `init_ray` joins for `ray.address`, and why; (None, why) when it starts one.
+
+    null follows `ray.init()`: RAY_ADDRESS (set inside every Ray job), else the cluster that
+    `ray start` on this node recorded (<RAY_TMPDIR or /tmp>/ray/ray_current_cluster). A
+    record whose cluster is gone is ignored, where `ray.init()` would fail on it.
+    "local" always means a new private instance.
+    """
+    if address == LOCAL:
+        return None, "ray.address=local"
+    if address:
+        return address, "ray.address"
+    env = os.environ.get("RAY_ADDRESS")
+    if env == LOCAL:
+        return None, "RAY_ADDRESS=local"
+    if env:
+        return env, "RAY_ADDRESS"
+    from ray._common.utils import get_ray_address_file
+    from ray._private import services
+
+    recorded = services.find_bootstrap_address(None)
+    if recorded is None:
+        return None, "no RAY_ADDRESS and no cluster started on this node"
+    services.find_gcs_addresses.cache_clear()
+    if recorded not in services.find_gcs_addresses():
+        return None, f"no RAY_ADDRESS; {get_ray_address_file(None)} names {recorded}, which is not running"
+    return recorded, "the cluster running on this node"
+
 
 def init_ray(cfg: RayConfig) -> None:
-    """Reuse a running driver connection, else join `address`/RAY_ADDRESS, else start locally.
+    """Reuse a running driver connection, else join the cluster `cluster_address` finds, else
+    start a local instance; one line on stderr says which.
 
-    A local instance gets explicit CPUs and object store: on a 2-core box the defaults
-    hang a Data pipeline with an actor plus a task and reserve 7 GB (ENVIRONMENT.md).
+    Only a local instance gets `num_cpus` / `object_store_memory`: a cluster has its own.
+    Explicit ones matter on a small box, where the defaults hang a Data pipeline with an
+    actor plus a task and reserve most of the RAM for the object store.
     """
     if ray.is_initialized():
         return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address, why = cluster_address(cfg.address)
     if address:
         ray.init(address=address, log_to_driver=True)
+        resources = ray.cluster_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        print(f"bestofl: joined Ray cluster at {address} ({why}): {nodes} node(s), "
+              f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
+              file=sys.stderr, flush=True)
     else:
-        # "local": a new instance even where another user's `ray start` cluster runs here.
-        ray.init(address="local", num_cpus=cfg.num_cpus,
+        # address="local": a new instance even where another user's `ray start` cluster runs here.
+        ray.init(address=LOCAL, num_cpus=cfg.num_cpus,
                  object_store_memory=cfg.object_store_memory, include_dashboard=False)
+        print(f"bestofl: started a local Ray instance ({why}): "
+              f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
