@@ -269,3 +269,50 @@ def test_dockerfile_and_runtime_env():
     RuntimeEnv(**renv)
     assert {".venv/", ".git/", "runs/", ".cache/"} <= set(renv["excludes"])
     assert renv["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+# ------------------------------------------------------------------ placeholders
+PLACEHOLDER = re.compile(r"BUCKET|example\.(com|org)|CHANGE.?ME|<[A-Za-z_ -]+>|my-bucket|my-registry", re.I)
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
+    elif isinstance(obj, str):
+        yield obj
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf").rglob("*.yaml")), ids=lambda p: p.name)
+def test_configs_hold_no_placeholder_values(path):
+    """A value a user must fill is `???` (fails at load, naming the key), never a stand-in
+    such as s3://BUCKET/... that fails hours later on a cluster."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    assert not [s for s in _strings(values) if PLACEHOLDER.search(s)]
+
+
+def test_required_storage_path_fails_at_load_naming_it(capsys):
+    from bestofl.cli import main as cli_main
+    from bestofl.config import ConfigError, load_config
+
+    preset = ROOT / "conf" / "presets" / "train-rm-zero3-gpu.yaml"
+    given = ["input=[s3://b/pools/p]", "output=s3://b/rm"]
+    with pytest.raises(ConfigError, match=r"^missing required config value\(s\): storage_path "):
+        load_config("train_rm", preset, given)
+    assert cli_main(["train-rm", "--config", str(preset), *given]) == 2  # before any Ray work
+    assert "missing required config value(s): storage_path" in capsys.readouterr().err
+    cfg = load_config("train_rm", preset, [*given, "storage_path=s3://b/ray-train"])
+    assert (cfg.storage_path, cfg.num_workers, cfg.deepspeed.zero_stage) == ("s3://b/ray-train", 16, 3)
+
+
+def test_manifest_placeholders_are_the_documented_ones():
+    """Kubernetes manifests cannot say `???`: their one bucket and registry placeholders are
+    `my-bucket` and `my-registry` (docs/cluster.md: replace them), nothing else."""
+    for path in [*CLUSTER.glob("*.yaml"), CLUSTER / "Dockerfile"]:
+        found = {m.group(0) for m in PLACEHOLDER.finditer(path.read_text())}
+        assert found <= {"my-bucket", "my-registry"}, (path.name, found)
