@@ -150,6 +150,21 @@ def test_kuberay_manifest(name):
     assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}  # GCS, dashboard / Jobs API
 
 
+@pytest.mark.parametrize("name", KUBERAY)
+def test_every_ray_pod_caches_hub_models_and_may_get_a_hub_token(name):
+    """HF_HOME on a mounted volume (a model is downloaded once per pod, not per actor) and
+    HF_TOKEN from the optional `bestofl-hf` Secret (gated or private models)."""
+    for group in _groups(_cluster_spec(_load(name))):
+        spec = group["template"]["spec"]
+        ray_container = spec["containers"][0]
+        env = {e["name"]: e for e in ray_container.get("env", [])}
+        home = env["HF_HOME"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}
+        assert mounts.get(home) in {v["name"] for v in spec["volumes"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "bestofl-hf", "key": "token",
+                                                                "optional": True}
+
+
 def test_pod_template_validation_catches_mistakes():
     import jsonschema
     import kubernetes_validate
