@@ -331,3 +331,39 @@ def test_manifest_placeholders_are_the_documented_ones():
     for path in [*CLUSTER.glob("*.yaml"), CLUSTER / "Dockerfile"]:
         found = {m.group(0) for m in PLACEHOLDER.finditer(path.read_text())}
         assert found <= {"my-bucket", "my-registry"}, (path.name, found)
+
+
+# ------------------------------------------------------------------ docs/cluster.md
+def _doc_commands(path: Path) -> list[list[str]]:
+    """Every `bestofl ...` line of the page's code blocks (continuations joined), as argv."""
+    lines, out = path.read_text().splitlines(), []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        while line.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line.rstrip()[:-1] + " " + lines[i].strip()
+        text = line.strip()
+        synopsis = re.search(r"\[--|<command>|JOB_ID", text)  # usage lines, not commands
+        if line.startswith("    ") and text.startswith("bestofl ") and not synopsis:
+            out.append(shlex.split(text, comments=True))
+        i += 1
+    return out
+
+
+def test_cluster_docs_commands_resolve():
+    """The page's commands are complete, valid configs: what a user pastes runs."""
+    commands = _doc_commands(ROOT / "docs" / "cluster.md")
+    assert len(commands) >= 8
+    seen = set()
+    for argv in commands:
+        if argv[1] == "submit":
+            args = submit.build_parser().parse_args(argv[2:])
+            if args.command in submit.CONTROL:
+                continue
+            command, rest = args.command, list(args.args)
+        else:
+            command, rest = argv[1], argv[2:]
+        submit.check_command(command, rest)  # parses the config: a wrong or missing key fails
+        seen.add(command)
+    assert {"sample", "train-rm", "evaluate", "score"} <= seen
