@@ -9,6 +9,7 @@ import ray
 from bestofl.config import RayConfig
 
 LOCAL = "local"
+THIS_NODE = "the cluster running on this node"
 
 
 def cluster_address(address: str | None) -> tuple[str | None, str]:
@@ -37,7 +38,8 @@ def cluster_address(address: str | None) -> tuple[str | None, str]:
     services.find_gcs_addresses.cache_clear()
     if recorded not in services.find_gcs_addresses():
         return None, f"no RAY_ADDRESS; {get_ray_address_file(None)} names {recorded}, which is not running"
-    return recorded, "the cluster running on this node"
+    return recorded, THIS_NODE
+
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -52,7 +54,16 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address, why = cluster_address(cfg.address)
     if address:
-        ray.init(address=address, log_to_driver=True)
+        try:
+            # This node's cluster through Ray's own discovery, which also picks up its auth
+            # token; Ray never sends one to an address it was given (RAY_AUTH_MODE=token does).
+            ray.init(address=None if why == THIS_NODE else address, log_to_driver=True)
+        except ConnectionError as e:
+            if not _refused_for_auth(e):
+                raise
+            raise ValueError(f"the Ray cluster at {address} ({why}) uses token authentication: "
+                             f"set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token, "
+                             f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
         resources = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         print(f"bestofl: joined Ray cluster at {address} ({why}): {nodes} node(s), "
@@ -64,3 +75,12 @@ def init_ray(cfg: RayConfig) -> None:
                  object_store_memory=cfg.object_store_memory, include_dashboard=False)
         print(f"bestofl: started a local Ray instance ({why}): "
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
+
+
+def _refused_for_auth(error: BaseException | None) -> bool:
+    """Ray wraps the GCS's AuthenticationError, sometimes only as text in a RuntimeError."""
+    while error is not None:
+        if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False
