@@ -13,7 +13,9 @@ CPU_ONLY_UNINSTALL = "pip uninstall -q -y torchvision torchaudio torchcodec trit
 
 
 def make(*args: str, venv: Path) -> subprocess.CompletedProcess:
-    env = {k: v for k, v in os.environ.items() if k not in ("EXTRA", "DS_ACCELERATOR", "MAKEFLAGS")}
+    # Run from `make test`, the parent make's variables would leak in through the environment.
+    leaks = ("EXTRA", "TORCH_INDEX", "DS_ACCELERATOR", "MAKEFLAGS", "MFLAGS", "MAKELEVEL")
+    env = {k: v for k, v in os.environ.items() if k not in leaks}
     return subprocess.run(["make", "--no-print-directory", *args, f"VENV={venv}"], cwd=ROOT,
                           capture_output=True, text=True, env=env, timeout=60)
 
