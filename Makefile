@@ -4,8 +4,9 @@ PYTHON ?= python3.11
 VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.bestofl-installed
-# The stamp holds the extra .venv was built with: later targets reuse it, a different one is refused.
-INSTALLED := $(shell cat $(STAMP) 2>/dev/null)
+# The stamp holds the extra .venv was built with (empty: an older cpu build): later targets
+# reuse it, a different one is refused.
+INSTALLED := $(if $(wildcard $(STAMP)),$(or $(shell cat $(STAMP)),cpu))
 EXTRA  ?= $(or $(INSTALLED),cpu)
 # Another CUDA build of torch, e.g. https://download.pytorch.org/whl/cu128 (docs/cluster.md).
 TORCH_INDEX ?=

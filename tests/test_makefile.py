@@ -61,6 +61,9 @@ def test_a_venv_keeps_its_extra(tmp_path):
     switch = make("-n", "install", "EXTRA=cpu", venv=venv)
     assert switch.returncode != 0
     assert "built with EXTRA=gpu" in switch.stderr and "make clean" in switch.stderr
+    (venv / ".bestofl-installed").write_text("")  # a stamp from before stamps named the extra
+    old = make("-n", "install", "EXTRA=gpu", venv=venv)
+    assert old.returncode != 0 and "built with EXTRA=cpu" in old.stderr
 
 
 @pytest.mark.parametrize("extra", ["cuda", ""])
