@@ -132,7 +132,7 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
 # ---------------------------------------------------------------- shared pieces
 @dataclass
 class RayConfig:
-    address: Optional[str] = MISSING  # null: join RAY_ADDRESS if set, else start a local instance
+    address: Optional[str] = MISSING  # null: join RAY_ADDRESS or this node's cluster, else start one; local: always a new one
     num_cpus: Optional[int] = MISSING  # local instance only; more than the cores so actors + tasks fit
     object_store_memory: Optional[int] = MISSING  # bytes, local instance only
 

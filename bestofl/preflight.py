@@ -118,21 +118,6 @@ def fit(command: str, wanted: list[Demand], nodes: list[dict[str, float]]) -> li
     return problems
 
 
-def target(address: str | None) -> str | None:
-    """The address of the cluster a command would join, or None where it starts a local Ray:
-    `ray.address`, else RAY_ADDRESS, else a cluster started on this node (`ray start`)."""
-    if address == "local":
-        return None
-    if address and address != "auto":
-        return address
-    from ray._private.services import canonicalize_bootstrap_address
-
-    try:
-        return canonicalize_bootstrap_address(None)
-    except Exception:  # no cluster recorded on this node
-        return None
-
-
 def local_node(num_cpus: int | None) -> dict[str, float]:
     """The node a local `ray.init(num_cpus=...)` would start on this machine (memory and
     object store left out: Ray sizes them from free RAM at start)."""
@@ -175,11 +160,13 @@ def verdict(command: str, cfg: Any, platform: str, connect: bool = False) -> dic
     """
     import ray
 
+    from bestofl.ray_runtime import cluster_address
+
     wanted = demands(command, cfg)
     if ray.is_initialized():
         nodes, cluster = live_nodes(), "connected"
     else:
-        address = target(cfg.ray.address)
+        address, _ = cluster_address(cfg.ray.address)
         if address is None:
             here = "gpu" if local_node(0)["GPU"] else "cpu"
             if platform != here:
@@ -214,10 +201,10 @@ def require(cfg: Any) -> None:
     """
     import ray
 
-    from bestofl.ray_runtime import init_ray
+    from bestofl.ray_runtime import cluster_address, init_ray
 
     command = command_of(cfg)
-    if not ray.is_initialized() and target(cfg.ray.address) is not None:
+    if not ray.is_initialized() and cluster_address(cfg.ray.address)[0] is not None:
         init_ray(cfg.ray)
     if ray.is_initialized():
         nodes, where = live_nodes(), "the cluster"

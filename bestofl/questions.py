@@ -4,7 +4,7 @@
                              line i is the same problem in every file (qid mgsm-<i:04d>)
     <file>.jsonl / .parquet  columns qid, lang, question, gold (gold may be null);
                              a folder of such files works too
-    hf:<dataset id>[:split]  a Hugging Face dataset (needs `datasets` and a reachable hub)
+    hf:<dataset id>[:split]  a Hugging Face dataset (needs `datasets`, in the gpu extra, and a hub)
     generated:<n>[:seed][:easy]  the project's own word problems (bestofl.problems)
 
 Local paths or pyarrow URIs (s3://...). Gold answers are normalised ("2,125" -> "2125")
@@ -261,9 +261,10 @@ def _from_hub(source: str, wanted: list[str] | None, bad: list[str]) -> list[dic
         import datasets
     except ImportError:
         raise QuestionError(
-            f"{source}: Hugging Face sources need the `datasets` library (pip install "
-            f"datasets) and a reachable hub; neither is part of bestofl. Offline, save the "
-            f"dataset as .jsonl/.parquet (qid, lang, question, gold) and point at the file."
+            f"{source}: Hugging Face sources need the `datasets` library, which the gpu extra "
+            f"installs (`make install EXTRA=gpu`, `pip install -e '.[gpu]'`, `bestofl submit "
+            f"--extra gpu`; elsewhere `pip install datasets`), and a reachable hub. Offline, save "
+            f"the dataset as .jsonl/.parquet (qid, lang, question, gold) and point at the file."
         ) from None
     name = dataset_id.split("/")[-1].lower()
     try:

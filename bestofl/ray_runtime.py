@@ -3,11 +3,45 @@ from __future__ import annotations
 
 import logging
 import os
+import sys
 from typing import Any
 
 import ray
 
 from bestofl.config import RayConfig
+
+LOCAL = "local"
+THIS_NODE = "the cluster running on this node"
+
+
+def cluster_address(address: str | None) -> tuple[str | None, str]:
+    """The cluster `init_ray` joins for `ray.address`, and why; (None, why) when it starts one.
+
+    null follows `ray.init()`: RAY_ADDRESS (set inside every Ray job), else the cluster that
+    `ray start` on this node recorded (<RAY_TMPDIR or /tmp>/ray/ray_current_cluster). A
+    record whose cluster is gone is ignored, where `ray.init()` would fail on it.
+    "local" always means a new private instance.
+    """
+    if address == LOCAL:
+        return None, "ray.address=local"
+    if address:
+        return address, "ray.address"
+    env = os.environ.get("RAY_ADDRESS")
+    if env == LOCAL:
+        return None, "RAY_ADDRESS=local"
+    if env:
+        return env, "RAY_ADDRESS"
+    from ray._common.utils import get_ray_address_file
+    from ray._private import services
+
+    recorded = services.find_bootstrap_address(None)
+    if recorded is None:
+        return None, "no RAY_ADDRESS and no cluster started on this node"
+    services.find_gcs_addresses.cache_clear()
+    if recorded not in services.find_gcs_addresses():
+        return None, f"no RAY_ADDRESS; {get_ray_address_file(None)} names {recorded}, which is not running"
+    return recorded, THIS_NODE
+
 
 
 VERBOSE_ENV = "BESTOFL_VERBOSE"  # set by `bestofl --verbose`: Ray's own logs come back
@@ -44,18 +78,46 @@ def train_logging() -> Any:
 
 
 def init_ray(cfg: RayConfig) -> None:
-    """Reuse a running driver connection, else join `address`/RAY_ADDRESS, else start locally.
+    """Reuse a running driver connection, else join the cluster `cluster_address` finds, else
+    start a local instance; one line on stderr says which.
 
-    A local instance gets explicit CPUs and object store: on a 2-core box the defaults
-    hang a Data pipeline with an actor plus a task and reserve 7 GB (ENVIRONMENT.md).
+    Only a local instance gets `num_cpus` / `object_store_memory`: a cluster has its own.
+    Explicit ones matter on a small box, where the defaults hang a Data pipeline with an
+    actor plus a task and reserve most of the RAM for the object store.
     """
     if ray.is_initialized():
         return
-    address = cfg.address or os.environ.get("RAY_ADDRESS")
+    address, why = cluster_address(cfg.address)
     if address:
-        ray.init(address=address, log_to_driver=True, **_logging_args())
+        try:
+            # This node's cluster through Ray's own discovery, which also picks up its auth
+            # token; Ray never sends one to an address it was given (RAY_AUTH_MODE=token does).
+            ray.init(address=None if why == THIS_NODE else address, log_to_driver=True,
+                     **_logging_args())
+        except ConnectionError as e:
+            if not _refused_for_auth(e):
+                raise
+            raise ValueError(f"the Ray cluster at {address} ({why}) uses token authentication: "
+                             f"set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token, "
+                             f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
+        resources = ray.cluster_resources()
+        nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
+        print(f"bestofl: joined Ray cluster at {address} ({why}): {nodes} node(s), "
+              f"{resources.get('CPU', 0):g} CPUs, {resources.get('GPU', 0):g} GPUs",
+              file=sys.stderr, flush=True)
     else:
-        # "local": a new instance even where another user's `ray start` cluster runs here.
-        ray.init(address="local", num_cpus=cfg.num_cpus,
+        # address="local": a new instance even where another user's `ray start` cluster runs here.
+        ray.init(address=LOCAL, num_cpus=cfg.num_cpus,
                  object_store_memory=cfg.object_store_memory, include_dashboard=False,
                  **_logging_args())
+        print(f"bestofl: started a local Ray instance ({why}): "
+              f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
+
+
+def _refused_for_auth(error: BaseException | None) -> bool:
+    """Ray wraps the GCS's AuthenticationError, sometimes only as text in a RuntimeError."""
+    while error is not None:
+        if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(error):
+            return True
+        error = error.__cause__ or error.__context__
+    return False

