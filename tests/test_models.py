@@ -47,6 +47,7 @@ def test_missing_or_pickle_only_uri_is_refused(s3_server, tmp_path, monkeypatch)
         scoring.check_model("s3://bestofl-test/models/pickled")
 
 
+@pytest.mark.slow  # a Serve app
 def test_serve_loads_the_reward_model_from_s3(ray_cluster, rm_on_s3, s3_server, tiny_rm, tmp_path,
                                               monkeypatch):
     """`bestofl serve`'s run() on Ray Serve: its replicas copy the model from S3 (they get
