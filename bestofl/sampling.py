@@ -19,7 +19,7 @@ from bestofl.answers import grade
 from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
 from bestofl.models import local_model
-from bestofl.prompts import build_messages, render
+from bestofl.prompts import build_messages, prompt_text
 from bestofl.questions import qid_order
 
 METHOD = "vllm"
@@ -219,7 +219,7 @@ class Sampler:
         calls = []
         s = self.cfg.sampling
         for item in batch.to_pylist():
-            text = render(self.tokenizer, build_messages(
+            text = prompt_text(self.tokenizer, build_messages(
                 item["question"], item["question_lang"], item["response_lang"], self.cfg.prompt))
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             if len(ids) >= self.max_model_len:

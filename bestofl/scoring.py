@@ -3,7 +3,7 @@
 `sort_by_length` runs over windows of `sort_window` rows: it drops rows that a partial
 output already holds and sorts the rest by prompt + response length, so the actor batches
 cut from a window hold similar lengths (little padding) while the job still streams,
-with no global sort barrier. `Scorer` is the actor class that holds the reward model;
+with no global sort barrier. `PoolScorer` is the actor class that holds the reward model;
 inside each call `reward.model.score` sorts again and runs length-grouped forward passes.
 
 The reward model reads (question, response) with the pool's `prompt` as the question.
@@ -55,7 +55,7 @@ def needs_score(table: pa.Table) -> np.ndarray:
     return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
 
 
-class Scorer:
+class PoolScorer:
     """Ray Data actor: holds the reward model and adds `score` to pool batches."""
 
     def __init__(self, model: str, dtype: str, max_length: int, batch_size: int,

@@ -34,7 +34,7 @@ from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
 from bestofl.languages import get_language, resolve_languages
 from bestofl.models import local_model
-from bestofl.prompts import build_messages, render
+from bestofl.prompts import build_messages, prompt_text
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.sampling import engine_args
 from bestofl.selection import vote_weights
@@ -283,7 +283,7 @@ class Generator:
 
         async def one(chat: list[dict]) -> str:
             # Token ids, so the engine adds no second BOS to the rendered chat.
-            ids = self.tokenizer(render(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(prompt_text(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
             if len(ids) >= self.engine.model_config.max_model_len:
                 raise ValueError(f"the question is too long for the generator: its prompt is "
                                  f"{len(ids)} tokens, max_model_len is "

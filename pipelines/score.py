@@ -2,7 +2,7 @@
 
     read_parquet(input) -> sort_by_length (windows, minus rows already in output)
         -> blocks of actors.batch_size rows
-        -> Scorer actors (reward model, concurrency = actors.num_actors)
+        -> PoolScorer actors (reward model, concurrency = actors.num_actors)
         -> write_parquet(output, partitioned by response_lang)
 
 Resumable: rerunning into an unfinished output scores only the rows it lacks (by row
@@ -74,7 +74,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         # and progress moves batch by batch, not window by window.
         ds = ds.repartition(target_num_rows_per_block=cfg.actors.batch_size)
         ds = ds.map_batches(
-            scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
+            scoring.PoolScorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors.num_actors),
             num_cpus=cfg.actors.num_cpus,
             num_gpus=cfg.actors.num_gpus if use_gpu else None,

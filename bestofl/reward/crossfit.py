@@ -34,10 +34,9 @@ from transformers import AutoConfig
 from bestofl import pool, storage
 from bestofl.config import TrainRMConfig
 from bestofl.ray_runtime import train_logging
-from bestofl.reward import card, checkpoint, data, training
+from bestofl.reward import RM_INFO_FILE, card, checkpoint, data, training
 from bestofl.reward.tracking import check_tracker
 
-RM_METADATA = "bestofl_rm.json"
 POOL_DIR = "pool"
 # A partial output may only be continued by the same job: its checkpoints depend on these.
 SAME_JOB_KEYS = ("input", "model", "cv", "objective", "pair_scope", "max_pairs_per_question",
@@ -161,7 +160,7 @@ def _cross_fit(job: TrainingJob) -> dict[str, Any]:
             "models": [f"fold-{k}" for k in range(cfg.cv)], "pool": POOL_DIR,
             "metrics": summary, "score_stats": report["score_stats"],
             "lang_accuracy": report["lang_accuracy"], "config": dataclasses.asdict(cfg)}
-    storage.write_text(storage.join(cfg.output, RM_METADATA), json.dumps(meta, indent=2) + "\n")
+    storage.write_text(storage.join(cfg.output, RM_INFO_FILE), json.dumps(meta, indent=2) + "\n")
     return summary
 
 
@@ -224,7 +223,7 @@ def fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: s
         "val_qids": sorted({r["qid"] for r in val_rows}),
         "config": dataclasses.asdict(cfg),
     }
-    storage.write_text(storage.join(out, RM_METADATA), json.dumps(meta, indent=2) + "\n")
+    storage.write_text(storage.join(out, RM_INFO_FILE), json.dumps(meta, indent=2) + "\n")
     storage.write_text(storage.join(out, card.MODEL_CARD),
                        card.model_card(cfg, meta, train_rows, val_rows))
     return FitResult(report, scores)
