@@ -46,7 +46,7 @@ from bestofl.pool import IDENTITY
 from bestofl.reward import RM_INFO_FILE
 from bestofl.selection import (MIN_WEIGHT, NEEDS_SCORES, VOTES, Draw, Schedule,
                                expected_oracle, expected_random, expected_rm_best,
-                               expected_votes)
+                               expected_votes, round_robin)
 
 POOLS = ("mono", "cross")
 NEEDS_FOLDS = frozenset({"rm_vote", "lang_prior"})  # selectors using out-of-fold statistics
@@ -350,10 +350,9 @@ def make_plans(arrays: PoolArrays, targets: Sequence[str], cross: Sequence[str],
         questions = np.flatnonzero(arrays.n[:, lang_index[t]] > 0)
         cap = {lang: int(arrays.n[questions, lang_index[lang]].min()) for lang in cross}
         mono = Schedule(lang_index[t], tuple((lang_index[t],) for _ in range(cap[t])), False, n_l)
-        i = list(cross).index(t)
         uniform = cfg.allocation == "uniform"
         rotation = [t] + sorted(x for x in cross if x != t) if uniform \
-            else list(cross[i:]) + list(cross[:i])
+            else round_robin(cross, t)
         seq = [lang_index[x] for x in rotation if cap[x] > 0]
         rounds = tuple(tuple(x for x in seq if cap[arrays.languages[x]] > j)
                        for j in range(max(cap.values())))

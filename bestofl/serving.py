@@ -37,7 +37,7 @@ from bestofl.models import local_model
 from bestofl.prompts import build_messages, prompt_text
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.sampling import engine_args
-from bestofl.selection import vote_weights
+from bestofl.selection import round_robin, vote_weights
 
 logger = logging.getLogger("ray.serve")
 
@@ -481,11 +481,9 @@ class Selector:
             raise HTTPException(422, f"budget: {req.budget} given, at most "
                                      f"{self.cfg.max_candidates} allowed")
         self._check_limits(req.question, list(req.translations.values()))
-        # Round-robin over L starting from the question's language (DESIGN.md's allocation).
-        langs = req.languages or [req.lang]
-        if req.lang in langs:
-            at = langs.index(req.lang)
-            langs = langs[at:] + langs[:at]
+        # The budget cycles through the languages from the question's own: evaluate's
+        # round_robin allocation.
+        langs = round_robin(req.languages or [req.lang], req.lang)
         plan = [langs[i % len(langs)] for i in range(req.budget)]
         questions, chats = [], []
         for lang in plan:
