@@ -26,7 +26,7 @@ ifeq ($(EXTRA),cpu)
 export DS_ACCELERATOR=cpu
 endif
 
-.PHONY: test demo install clean
+.PHONY: test test-fast demo install clean
 
 install: $(STAMP)
 
@@ -45,6 +45,10 @@ endif
 
 test: $(STAMP)
 	$(PY) -m pytest tests
+
+# The inner loop: every test but the `slow` ones (vLLM engines, Ray Train fits, Serve apps).
+test-fast: $(STAMP)
+	$(PY) -m pytest tests -m "not slow"
 
 demo: $(STAMP)
 	$(VENV)/bin/bestofl demo

@@ -54,7 +54,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
 
     from bestofl import sampling
     from bestofl.languages import resolve_languages
-    from bestofl.prompts import build_messages, render
+    from bestofl.prompts import build_messages, prompt_text
     from bestofl.questions import load_questions
 
     questions = load_questions(cfg.questions, cfg.languages, cfg.limit)
@@ -70,7 +70,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
         for it in items:
             messages = build_messages(it["question"], it["question_lang"], it["response_lang"],
                                       cfg.prompt)
-            ids = tok.encode(render(tok, messages), add_special_tokens=False)
+            ids = tok.encode(prompt_text(tok, messages), add_special_tokens=False)
             for group in sampling.request_groups(it["sample_idxs"], grouped):
                 seed = sampling.sample_seed(cfg.seed, it["qid"], it["question_lang"],
                                             it["response_lang"], group[0])

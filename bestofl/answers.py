@@ -270,7 +270,7 @@ def _cue_re(cues: tuple[str, ...]) -> re.Pattern[str]:
         if _is_word_char(cue[-1]):
             pattern += r"(?![^\W\d_])"
         alternatives.append(pattern)
-    # The look-ahead on first letters lets most positions fail fast (8x on long traces).
+    # The look-ahead on first letters lets most positions fail fast on long traces.
     first = "".join(sorted({ch for cue in cues for ch in (cue[0].lower(), cue[0].upper())}))
     return re.compile(f"(?=[{re.escape(first)}])(?:{'|'.join(alternatives)})", re.IGNORECASE)
 

@@ -43,12 +43,12 @@ from bestofl import bootstrap, storage
 from bestofl.folds import assign_folds, language_ranks, platt
 from bestofl.languages import resolve_languages
 from bestofl.pool import IDENTITY
+from bestofl.reward import RM_INFO_FILE
 from bestofl.selection import (MIN_WEIGHT, NEEDS_SCORES, VOTES, Draw, Schedule,
                                expected_oracle, expected_random, expected_rm_best,
-                               expected_votes)
+                               expected_votes, round_robin)
 
 POOLS = ("mono", "cross")
-RM_INFO_FILE = "bestofl_rm.json"
 NEEDS_FOLDS = frozenset({"rm_vote", "lang_prior"})  # selectors using out-of-fold statistics
 
 
@@ -343,22 +343,22 @@ def _selectors(arrays: PoolArrays, cfg: Any, notices: list[str]) -> list[str]:
 def make_plans(arrays: PoolArrays, targets: Sequence[str], cross: Sequence[str], cfg: Any,
                notices: list[str]) -> tuple[dict[tuple[str, str], Plan], list[int]]:
     """Questions, schedule and budgets of every (target, pool); the budgets reported."""
-    li = {lang: i for i, lang in enumerate(arrays.languages)}
+    lang_index = {lang: i for i, lang in enumerate(arrays.languages)}
     n_l = len(arrays.languages)
     plans: dict[tuple[str, str], Plan] = {}
     for t in targets:
-        qi = np.flatnonzero(arrays.n[:, li[t]] > 0)
-        cap = {lang: int(arrays.n[qi, li[lang]].min()) for lang in cross}
-        mono = Schedule(li[t], tuple((li[t],) for _ in range(cap[t])), False, n_l)
-        i = list(cross).index(t)
-        rotation = [t] + sorted(x for x in cross if x != t) if cfg.allocation == "uniform" \
-            else list(cross[i:]) + list(cross[:i])
-        seq = [li[x] for x in rotation if cap[x] > 0]
+        questions = np.flatnonzero(arrays.n[:, lang_index[t]] > 0)
+        cap = {lang: int(arrays.n[questions, lang_index[lang]].min()) for lang in cross}
+        mono = Schedule(lang_index[t], tuple((lang_index[t],) for _ in range(cap[t])), False, n_l)
+        uniform = cfg.allocation == "uniform"
+        rotation = [t] + sorted(x for x in cross if x != t) if uniform \
+            else round_robin(cross, t)
+        seq = [lang_index[x] for x in rotation if cap[x] > 0]
         rounds = tuple(tuple(x for x in seq if cap[arrays.languages[x]] > j)
                        for j in range(max(cap.values())))
-        plans[(t, "mono")] = Plan(t, "mono", qi, mono, list(arrays.languages))
-        plans[(t, "cross")] = Plan(t, "cross", qi,
-                                   Schedule(li[t], rounds, cfg.allocation == "uniform", n_l),
+        plans[(t, "mono")] = Plan(t, "mono", questions, mono, list(arrays.languages))
+        plans[(t, "cross")] = Plan(t, "cross", questions,
+                                   Schedule(lang_index[t], rounds, uniform, n_l),
                                    list(arrays.languages))
         empty = [lang for lang in cross if cap[lang] == 0]
         if empty:
@@ -407,9 +407,9 @@ def expected_values(arrays: PoolArrays, plans: Mapping[tuple[str, str], Plan],
     for plan in plans.values():
         if not plan.budgets:
             continue
-        qi = plan.questions
+        rows = plan.questions
         draws = [plan.draw(k) for k in plan.budgets]
-        n, n_correct = arrays.n[qi], arrays.n_correct[qi]
+        n, n_correct = arrays.n[rows], arrays.n_correct[rows]
         if "random" in selectors:
             put(plan, "random", expected_random(n, n_correct, draws))
         if "oracle" in selectors:
@@ -417,18 +417,18 @@ def expected_values(arrays: PoolArrays, plans: Mapping[tuple[str, str], Plan],
         if "rm_best" in selectors and plan.pool == "mono":
             # Only the target's items can be drawn: a narrow slice, one language.
             t = plan.schedule.target
-            pos = arrays.slots[qi, t]
+            pos = arrays.slots[rows, t]
             real = pos < arrays.lang.shape[1]
             take = np.where(real, pos, 0)
-            correct = real & (np.take_along_axis(arrays.cls[qi], take, 1) == 0)
+            correct = real & (np.take_along_axis(arrays.cls[rows], take, 1) == 0)
             put(plan, "rm_best", expected_rm_best(np.where(real, 0, -1), n[:, [t]], correct,
                                                   [Draw((d.k,)) for d in draws]))
         elif "rm_best" in selectors:
-            cross_groups.setdefault(qi.tobytes(), []).append(plan)
+            cross_groups.setdefault(rows.tobytes(), []).append(plan)
     for group in cross_groups.values():  # one pass per question set: cached factors shared
-        qi = group[0].questions
+        rows = group[0].questions
         draws = [p.draw(k) for p in group for k in p.budgets]
-        v = expected_rm_best(arrays.lang[qi], arrays.n[qi], arrays.cls[qi] == 0, draws)
+        v = expected_rm_best(arrays.lang[rows], arrays.n[rows], arrays.cls[rows] == 0, draws)
         at = 0
         for p in group:
             put(p, "rm_best", v[at:at + len(p.budgets)])
@@ -558,12 +558,12 @@ def per_question_table(ev: Evaluation) -> pa.Table:
         code = np.array([names.index(key[i]) for key in keys], dtype=np.int32)
         return pa.DictionaryArray.from_arrays(pa.array(code[row_of]), pa.array(names, pa.string()))
 
-    qi = np.concatenate([ev.plans[(t, pool)].questions for t, pool, _, _ in keys]) \
+    rows = np.concatenate([ev.plans[(t, pool)].questions for t, pool, _, _ in keys]) \
         if keys else np.zeros(0, dtype=np.int64)
     return pa.table({
         "target_lang": labels(0), "pool": labels(1), "selector": labels(2),
         "budget": pa.array(np.array([key[3] for key in keys], dtype=np.int64)[row_of]),
-        "qid": pa.DictionaryArray.from_arrays(pa.array(qi.astype(np.int32)),
+        "qid": pa.DictionaryArray.from_arrays(pa.array(rows.astype(np.int32)),
                                               pa.array(ev.qids, pa.string())),
         "accuracy": pa.array(np.concatenate([ev.values[key] for key in keys])
                              if keys else np.zeros(0))})

@@ -48,6 +48,8 @@ def platt(score: np.ndarray, correct: np.ndarray, lang: np.ndarray, fold: np.nda
         a = np.zeros(n_lang)
         base = (pos + 1) / (count + 2)
         b = np.log(base / (1 - base))
+        # Newton steps on each language's sigmoid(a x + b): ga, gb the gradient, haa, hab,
+        # hbb the Hessian of the log-loss.
         for _ in range(iterations):
             p = 1.0 / (1.0 + np.exp(-(a[g] * x + b[g])))
             r, w = p - target, p * (1 - p)

@@ -7,8 +7,8 @@ import torch
 def native_bf16_cpu() -> bool:
     """True on CPUs with bf16 arithmetic (AVX512-BF16, AMX, Arm bf16).
 
-    Elsewhere (AVX2-only x86) torch and vLLM emulate bf16: SmolLM2 sampled 2.6x slower in
-    bf16 than in fp32 on a 2-core AVX2 box, and 5x faster on one with AMX.
+    Elsewhere (AVX2-only x86) torch and vLLM emulate bf16, slower than fp32 (the README's
+    demo section has the figures).
     """
     return (torch.cpu._is_avx512_bf16_supported() or torch.cpu._is_amx_tile_supported()
             or bool(torch.cpu.get_capabilities().get("bf16", False)))

@@ -46,7 +46,7 @@ def _train_rm(cfg: Any) -> dict[str, Any]:
     from bestofl import storage
     from bestofl.reward.training import deepspeed_config
 
-    ds = cfg.deepspeed
+    deepspeed = cfg.deepspeed
     path = cfg.storage_path or storage.join(cfg.output, "ray")
     return {
         "model": cfg.model, "input": list(cfg.input),
@@ -56,9 +56,10 @@ def _train_rm(cfg: Any) -> dict[str, Any]:
                      "backend": "nccl" if cfg.use_gpu else "gloo"}],
         "gpus": cfg.num_workers if cfg.use_gpu else 0,
         "global_batch": cfg.num_workers * cfg.batch_size * cfg.grad_accum,
-        "deepspeed": deepspeed_config(ds.zero_stage, ds.bf16, ds.offload_optimizer, cfg.batch_size,
+        "deepspeed": deepspeed_config(deepspeed.zero_stage, deepspeed.bf16,
+                                      deepspeed.offload_optimizer, cfg.batch_size,
                                       cfg.grad_accum, cfg.max_grad_norm, cfg.lr, cfg.weight_decay,
-                                      ds.overlap_comm),
+                                      deepspeed.overlap_comm),
         "storage": {"output": _storage(cfg.output), "checkpoints": _storage(path)},
     }
 

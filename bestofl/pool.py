@@ -1,4 +1,4 @@
-"""The candidate pool: one Parquet row per sampled response (schema in DESIGN.md)."""
+"""The candidate pool: one Parquet row per sampled response (columns: POOL_SCHEMA)."""
 from __future__ import annotations
 
 import uuid

@@ -4,8 +4,8 @@ For offline runs (`questions=generated:<n>[:seed][:easy]`). Each problem draws i
 template once from the seed and is then written natively in every language, so a qid is
 the same problem everywhere and the languages asked for never change the problems.
 Deliberately easy: most are one step, the rest take two operations. The `easy` level
-keeps to one step with single-digit numbers: the demo's 135M model gets about 20% of
-those right in English and ~2% of the standard ones. All answers are positive integers.
+keeps to one step with single-digit numbers: problems the demo's 135M model sometimes gets
+right, where the standard ones are mostly beyond it. All answers are positive integers.
 """
 from __future__ import annotations
 

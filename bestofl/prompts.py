@@ -2,7 +2,7 @@
 
 Model-agnostic: one user turn (no system role, which some chat templates reject) holding
 the question and the response language's instructions from the language registry. The
-chat template of whichever model samples turns it into text (`render`).
+chat template of whichever model samples turns it into text (`prompt_text`).
 """
 from __future__ import annotations
 
@@ -36,7 +36,7 @@ def build_messages(question: str, question_lang: str, response_lang: str,
     return [{"role": "user", "content": "\n\n".join(parts)}]
 
 
-def render(tokenizer: Any, messages: list[dict]) -> str:
+def prompt_text(tokenizer: Any, messages: list[dict]) -> str:
     """The exact prompt text: the tokenizer's chat template with the assistant turn opened.
 
     A tokenizer without a chat template (a base model) gets the turns' text, blank-line

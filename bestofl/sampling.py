@@ -13,14 +13,13 @@ from collections import defaultdict
 from typing import Any, Sequence
 
 import pyarrow as pa
-from omegaconf import OmegaConf
 
 from bestofl import pool, storage
 from bestofl.answers import grade
 from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
-from bestofl.models import HUB_ID, local_model
-from bestofl.prompts import build_messages, render
+from bestofl.models import local_model
+from bestofl.prompts import build_messages, prompt_text
 from bestofl.questions import qid_order
 
 METHOD = "vllm"
@@ -52,26 +51,6 @@ def model_name(cfg: SampleConfig) -> str:
     if cfg.model_name:
         return cfg.model_name
     return os.path.basename(os.path.normpath(cfg.model)) if os.path.isdir(cfg.model) else cfg.model
-
-
-def check_model(model: str) -> None:
-    """Fail fast on a model that is neither a local HF folder, a URI holding one (copied
-    into this node's cache) nor a resolvable hub id."""
-    model = local_model(model)
-    if os.path.isdir(model):
-        if not os.path.isfile(os.path.join(model, "config.json")):
-            raise FileNotFoundError(f"model folder {model} has no config.json")
-        return
-    if os.path.exists(model) or not HUB_ID.match(model):
-        raise FileNotFoundError(f"model not found: {model!r} is not a model folder "
-                                f"(nor a Hugging Face hub id like Qwen/Qwen2.5-7B-Instruct)")
-    from huggingface_hub import hf_hub_download
-
-    try:  # from the local cache when offline, else the hub: a few KB
-        hf_hub_download(model, "config.json")
-    except Exception as e:  # offline miss, unknown repo, gated repo, no network ...
-        raise FileNotFoundError(f"model not found: {model!r} is no local folder and the "
-                                f"hub could not provide it ({type(e).__name__})") from None
 
 
 def work_items(questions: Sequence[dict], mode: str, languages: Sequence[str],
@@ -112,16 +91,10 @@ def written(output: str, model: str) -> dict[Key, set[int]]:
     return done
 
 
-def check_resumable(output: str, cfg: SampleConfig) -> None:
-    """Refuse to resume into rows drawn under different sampling-relevant settings."""
-    text = storage.saved_config(output)
-    if text is None:
-        return
-    saved, now = OmegaConf.create(text), OmegaConf.structured(cfg)
-    changed = [k for k in SAMPLE_SHAPING if OmegaConf.select(saved, k) != OmegaConf.select(now, k)]
-    if changed:
-        raise ValueError(f"{output} holds an unfinished pool sampled with other {', '.join(changed)}; "
-                         f"rerun with the same values, or use another output (or overwrite=true)")
+def check_resumable(output: str, cfg: SampleConfig) -> bool:
+    """Whether the unfinished pool in `output` may be continued: rows drawn under other
+    sampling-relevant settings are refused (or cleared with overwrite=true)."""
+    return storage.resume_same_job(output, cfg, SAMPLE_SHAPING, cfg.overwrite)
 
 
 def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None = None
@@ -167,7 +140,7 @@ def check_kv_cache(args: dict[str, Any]) -> int | None:
     size = args.get("kv_cache_memory_bytes")
     try:
         config = AutoConfig.from_pretrained(args["model"], trust_remote_code=False,
-                                            local_files_only=True)  # check_model fetched it
+                                            local_files_only=True)  # check_language_model fetched it
     except Exception:  # offline hub miss, custom code, ...: vLLM will check it
         return None
     text = config.get_text_config()
@@ -246,7 +219,7 @@ class Sampler:
         calls = []
         s = self.cfg.sampling
         for item in batch.to_pylist():
-            text = render(self.tokenizer, build_messages(
+            text = prompt_text(self.tokenizer, build_messages(
                 item["question"], item["question_lang"], item["response_lang"], self.cfg.prompt))
             ids = self.tokenizer.encode(text, add_special_tokens=False)
             if len(ids) >= self.max_model_len:

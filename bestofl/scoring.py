@@ -3,7 +3,7 @@
 `sort_by_length` runs over windows of `sort_window` rows: it drops rows that a partial
 output already holds and sorts the rest by prompt + response length, so the actor batches
 cut from a window hold similar lengths (little padding) while the job still streams,
-with no global sort barrier. `Scorer` is the actor class that holds the reward model;
+with no global sort barrier. `PoolScorer` is the actor class that holds the reward model;
 inside each call `reward.model.score` sorts again and runs length-grouped forward passes.
 
 The reward model reads (question, response) with the pool's `prompt` as the question.
@@ -11,7 +11,6 @@ Rows with `error` set or an empty response get score null: there is nothing to j
 """
 from __future__ import annotations
 
-import os
 
 import numpy as np
 import pyarrow as pa
@@ -20,28 +19,9 @@ import pyarrow.parquet as pq
 import torch
 
 from bestofl import pool, storage
-from bestofl.models import HUB_ID, local_model
+from bestofl.models import local_model
 from bestofl.pool import identity_keys
 from bestofl.reward.model import load_reward_model, score
-
-
-def check_model(path: str, trust_remote_code: bool = False) -> None:
-    """Fail before any Ray work unless `path` is a loadable model: a folder, a URI (copied
-    into this node's cache, safetensors only) or a hub id."""
-    from transformers import AutoConfig, AutoTokenizer
-
-    local = local_model(path)
-    if not os.path.isdir(local) and (os.path.exists(local) or not HUB_ID.match(local)):
-        raise FileNotFoundError(f"reward model not found: {path} (model= takes a reward-model "
-                                "folder, e.g. one written by `bestofl train-rm`, a URI such as "
-                                "s3://bucket/rm, or a hub id)")
-    if os.path.isdir(local) and not any(n.endswith(".safetensors") for n in os.listdir(local)):
-        raise FileNotFoundError(f"reward model {path} has no .safetensors weights")
-    try:
-        AutoConfig.from_pretrained(local, trust_remote_code=trust_remote_code)
-        AutoTokenizer.from_pretrained(local, trust_remote_code=trust_remote_code)
-    except (OSError, ValueError) as e:
-        raise FileNotFoundError(f"reward model {path} cannot be loaded: {e}") from None
 
 
 def drop_partial_files(uri: str) -> list[str]:
@@ -75,7 +55,7 @@ def needs_score(table: pa.Table) -> np.ndarray:
     return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
 
 
-class Scorer:
+class PoolScorer:
     """Ray Data actor: holds the reward model and adds `score` to pool batches."""
 
     def __init__(self, model: str, dtype: str, max_length: int, batch_size: int,

@@ -86,6 +86,14 @@ class Draw:
         return out
 
 
+def round_robin(languages: Sequence[str], first: str) -> list[str]:
+    """The `round_robin` allocation's order: `languages` rotated to start at `first` (as
+    listed when `first` is not among them); the budget cycles through it."""
+    langs = list(languages)
+    at = langs.index(first) if first in langs else 0
+    return langs[at:] + langs[:at]
+
+
 @dataclass(frozen=True)
 class Schedule:
     """How a pool hands out responses as the budget grows: in rounds, each round one response

@@ -34,10 +34,10 @@ from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
 from bestofl.languages import get_language, resolve_languages
 from bestofl.models import local_model
-from bestofl.prompts import build_messages, render
+from bestofl.prompts import build_messages, prompt_text
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.sampling import engine_args
-from bestofl.selection import vote_weights
+from bestofl.selection import round_robin, vote_weights
 
 logger = logging.getLogger("ray.serve")
 
@@ -283,7 +283,7 @@ class Generator:
 
         async def one(chat: list[dict]) -> str:
             # Token ids, so the engine adds no second BOS to the rendered chat.
-            ids = self.tokenizer(render(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
+            ids = self.tokenizer(prompt_text(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
             if len(ids) >= self.engine.model_config.max_model_len:
                 raise ValueError(f"the question is too long for the generator: its prompt is "
                                  f"{len(ids)} tokens, max_model_len is "
@@ -481,11 +481,9 @@ class Selector:
             raise HTTPException(422, f"budget: {req.budget} given, at most "
                                      f"{self.cfg.max_candidates} allowed")
         self._check_limits(req.question, list(req.translations.values()))
-        # Round-robin over L starting from the question's language (DESIGN.md's allocation).
-        langs = req.languages or [req.lang]
-        if req.lang in langs:
-            at = langs.index(req.lang)
-            langs = langs[at:] + langs[:at]
+        # The budget cycles through the languages from the question's own: evaluate's
+        # round_robin allocation.
+        langs = round_robin(req.languages or [req.lang], req.lang)
         plan = [langs[i % len(langs)] for i in range(req.budget)]
         questions, chats = [], []
         for lang in plan:

@@ -36,7 +36,7 @@ def resolve(name: str, cache_dir: str | Path) -> str:
 
 
 def smollm2_checkpoint(cache_dir: str | Path, num_layers: int | None = None) -> Path:
-    """The converted folder under `cache_dir`, converting on first use (~30 s)."""
+    """The converted folder under `cache_dir`, converting on first use."""
     suffix = f"-L{num_layers}" if num_layers else ""
     out = Path(cache_dir) / f"SmolLM2-135M-Instruct{suffix}"
     if (out / "model.safetensors").is_file() and (out / "tokenizer.json").is_file():

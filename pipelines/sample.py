@@ -23,7 +23,7 @@ import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
-from bestofl import pool, preflight, sampling, storage
+from bestofl import models, pool, preflight, sampling, storage
 from bestofl.config import SampleConfig
 from bestofl.plan import command_main
 from bestofl.languages import resolve_languages
@@ -33,7 +33,7 @@ from bestofl.ray_runtime import init_ray
 
 def check(cfg: SampleConfig) -> None:
     """What fails before any Ray work: the model, and a KV cache too small for it."""
-    sampling.check_model(cfg.model)
+    models.check_language_model(cfg.model)
     sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
 
 
@@ -41,10 +41,8 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
     storage.check_output_apart(cfg.output, [
         None if cfg.questions.startswith(("hf:", "generated:")) else cfg.questions,
         cfg.model if os.path.exists(cfg.model) else None])
-    if os.path.isdir(cfg.model):  # actors on other nodes run in other folders
-        cfg = dataclasses.replace(cfg, model=os.path.abspath(cfg.model))
-    if "://" not in cfg.output:  # actors write the output themselves
-        cfg = dataclasses.replace(cfg, output=os.path.abspath(cfg.output))
+    cfg = dataclasses.replace(cfg, model=models.absolute_model(cfg.model),
+                              output=storage.absolute(cfg.output))
     check(cfg)
     if cfg.mode == "forcing":
         questions = load_questions(cfg.questions, [cfg.question_lang], cfg.limit, cfg.skip_malformed)

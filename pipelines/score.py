@@ -2,7 +2,7 @@
 
     read_parquet(input) -> sort_by_length (windows, minus rows already in output)
         -> blocks of actors.batch_size rows
-        -> Scorer actors (reward model, concurrency = actors.num_actors)
+        -> PoolScorer actors (reward model, concurrency = actors.num_actors)
         -> write_parquet(output, partitioned by response_lang)
 
 Resumable: rerunning into an unfinished output scores only the rows it lacks (by row
@@ -12,7 +12,6 @@ already had is replaced.
 from __future__ import annotations
 
 import dataclasses
-import os
 import posixpath
 import sys
 import time
@@ -21,12 +20,10 @@ from typing import Any, Sequence
 import pyarrow.compute as pc
 import pyarrow.fs as pafs
 import ray
-from omegaconf import OmegaConf
 from ray.data.datasource import Partitioning
 
-from bestofl import pool, preflight, scoring, storage
+from bestofl import models, pool, preflight, scoring, storage
 from bestofl.config import ScoreConfig
-from bestofl.models import HUB_ID
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 
@@ -34,35 +31,12 @@ from bestofl.ray_runtime import init_ray
 SAME_JOB_KEYS = ("input", "model", "max_length", "dtype")
 
 
-def _local(uri: str) -> str:
-    # Actors on other nodes run in other folders: hand them absolute paths (URIs and hub
-    # ids stay as they are).
-    if "://" in uri or (not os.path.exists(uri) and HUB_ID.match(uri)):
-        return uri
-    return os.path.abspath(uri)
-
-
-def _check_same_job(cfg: ScoreConfig) -> None:
-    """Refuse to continue a partial output written with another model or input."""
-    text = storage.saved_config(cfg.output)
-    if text is None:
-        return
-    saved = OmegaConf.create(text)
-    diff = [k for k in SAME_JOB_KEYS if saved.get(k) != getattr(cfg, k)]
-    if not diff:
-        return
-    if not cfg.overwrite:
-        raise ValueError(f"{cfg.output} holds a partial result of another job (different "
-                         f"{', '.join(diff)}); pass overwrite=true to start it over")
-    fs, path = storage.filesystem(cfg.output)
-    fs.delete_dir_contents(path)
-
-
 def run(cfg: ScoreConfig) -> dict[str, Any]:
-    cfg = dataclasses.replace(cfg, input=_local(cfg.input), model=_local(cfg.model),
-                              output=_local(cfg.output))
+    cfg = dataclasses.replace(cfg, input=storage.absolute(cfg.input),
+                              model=models.absolute_model(cfg.model),
+                              output=storage.absolute(cfg.output))
     storage.check_output_apart(cfg.output, [cfg.input, cfg.model])
-    scoring.check_model(cfg.model, cfg.trust_remote_code)
+    models.check_reward_model(cfg.model, cfg.trust_remote_code)
     source = pool.read_pool(cfg.input, pool.IDENTITY)
     if source.num_rows == 0:
         raise pool.PoolError(f"input pool {cfg.input} holds no rows")
@@ -71,7 +45,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     resuming = storage.prepare_output(cfg.output, cfg.overwrite)
     dropped: list[str] = []
     if resuming:
-        _check_same_job(cfg)
+        storage.resume_same_job(cfg.output, cfg, SAME_JOB_KEYS, cfg.overwrite)
         dropped = scoring.drop_partial_files(cfg.output)
     storage.save_config(cfg.output, cfg)
     done = pool.identity_keys(pool.read_pool(cfg.output, pool.IDENTITY))
@@ -100,7 +74,7 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
         # and progress moves batch by batch, not window by window.
         ds = ds.repartition(target_num_rows_per_block=cfg.actors.batch_size)
         ds = ds.map_batches(
-            scoring.Scorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
+            scoring.PoolScorer, batch_size=cfg.actors.batch_size, batch_format="pyarrow",
             compute=ray.data.ActorPoolStrategy(size=cfg.actors.num_actors),
             num_cpus=cfg.actors.num_cpus,
             num_gpus=cfg.actors.num_gpus if use_gpu else None,

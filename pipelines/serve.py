@@ -12,7 +12,7 @@ from typing import Sequence
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bestofl import preflight, sampling, scoring
+from bestofl import models, preflight, sampling
 from bestofl.config import ServeConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
@@ -53,9 +53,9 @@ def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
 
 def check(cfg: ServeConfig) -> None:
     """The models must be there before Ray and Serve start (else replicas fail in a loop)."""
-    scoring.check_model(cfg.model, cfg.trust_remote_code)
+    models.check_reward_model(cfg.model, cfg.trust_remote_code)
     if cfg.generator:
-        sampling.check_model(cfg.generator)
+        models.check_language_model(cfg.generator)
         sampling.check_kv_cache(sampling.engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus))
 
 

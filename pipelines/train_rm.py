@@ -6,30 +6,21 @@ Ray, train. What it does: `bestofl.reward.crossfit`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Any, Sequence
 
-from bestofl import preflight
+from bestofl import models, preflight, storage
 from bestofl.config import TrainRMConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
 from bestofl.reward import crossfit
 
 
-def _local(uri: str, must_exist: bool = False) -> str:
-    """Absolute local paths for workers (they run in other folders); URIs and hub ids
-    (a model path that is not on disk) stay as given."""
-    if "://" in uri or (must_exist and not os.path.exists(uri)):
-        return uri
-    return os.path.abspath(uri)
-
-
 def run(cfg: TrainRMConfig) -> dict[str, Any]:
-    cfg = dataclasses.replace(cfg, input=[_local(p) for p in cfg.input],
-                              model=_local(cfg.model, must_exist=True),
-                              output=_local(cfg.output),
-                              storage_path=_local(cfg.storage_path) if cfg.storage_path else None)
+    cfg = dataclasses.replace(cfg, input=[storage.absolute(p) for p in cfg.input],
+                              model=models.absolute_model(cfg.model),
+                              output=storage.absolute(cfg.output),
+                              storage_path=storage.absolute(cfg.storage_path) if cfg.storage_path else None)
     job = crossfit.prepare(cfg)
     init_ray(cfg.ray)
     return crossfit.train(job)

@@ -7,7 +7,7 @@ import os
 import pyarrow.fs as pafs
 import pytest
 
-from bestofl import models, scoring
+from bestofl import models
 from bestofl.config import load_config
 
 RM_URI = "s3://bestofl-test/models/rm"
@@ -32,7 +32,7 @@ def test_uri_model_is_copied_once_safetensors_only(rm_on_s3, tmp_path, monkeypat
     assert models.local_model(rm_on_s3) == local  # cached: no second copy
     assert os.stat(os.path.join(local, "config.json")).st_mtime_ns == stamp
     assert sorted(os.listdir(tmp_path / "cache")) == sorted([os.path.basename(local), os.path.basename(local) + ".lock"])
-    scoring.check_model(rm_on_s3)  # score's and serve's check before Ray
+    models.check_reward_model(rm_on_s3)  # score's and serve's check before Ray
     assert models.local_model("Org/hub-id") == "Org/hub-id"  # the HF cache handles hub ids
 
 
@@ -44,9 +44,10 @@ def test_missing_or_pickle_only_uri_is_refused(s3_server, tmp_path, monkeypatch)
     with fs.open_output_stream(f"{path}/pytorch_model.bin") as f:
         f.write(b"x")
     with pytest.raises(FileNotFoundError, match="no .safetensors"):
-        scoring.check_model("s3://bestofl-test/models/pickled")
+        models.check_reward_model("s3://bestofl-test/models/pickled")
 
 
+@pytest.mark.slow  # a Serve app
 def test_serve_loads_the_reward_model_from_s3(ray_cluster, rm_on_s3, s3_server, tiny_rm, tmp_path,
                                               monkeypatch):
     """`bestofl serve`'s run() on Ray Serve: its replicas copy the model from S3 (they get

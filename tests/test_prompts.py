@@ -5,7 +5,7 @@ import pytest
 from transformers import AutoTokenizer
 
 from bestofl.languages import UnknownLanguageError, get_language
-from bestofl.prompts import build_messages, render
+from bestofl.prompts import build_messages, prompt_text
 
 QUESTION = "Janet has 16 eggs. She eats 3. How many are left?"
 
@@ -36,7 +36,7 @@ def test_unknown_language_is_named(question_lang, response_lang, bad):
 
 def test_render_uses_the_chat_template_and_opens_the_assistant_turn(tiny_lm):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
-    text = render(tokenizer, build_messages(QUESTION, "en", "sw"))
+    text = prompt_text(tokenizer, build_messages(QUESTION, "en", "sw"))
     assert text.startswith("<|im_start|>user\n" + QUESTION)
     assert get_language("sw").force_instruction in text
     assert text.endswith("<|im_end|>\n<|im_start|>assistant\n")
@@ -45,7 +45,7 @@ def test_render_uses_the_chat_template_and_opens_the_assistant_turn(tiny_lm):
 def test_render_without_chat_template_falls_back_to_plain_text(tiny_lm):
     tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
     tokenizer.chat_template = None
-    text = render(tokenizer, build_messages(QUESTION, "en", "en"))
+    text = prompt_text(tokenizer, build_messages(QUESTION, "en", "en"))
     assert text == f"{QUESTION}\n\n{get_language('en').cot_instruction}\n\n"
 
 

@@ -15,7 +15,7 @@ import pytest
 
 from bestofl.evaluation import evaluate
 from bestofl.pool import to_table
-from bestofl.selection import draw_value, vote_weights
+from bestofl.selection import draw_value, round_robin, vote_weights
 
 LANGS = ["de", "en", "sw"]
 SIZES = {"de": 4, "en": 3, "sw": 4}  # responses per question and language
@@ -141,6 +141,9 @@ def test_round_robin_keeps_its_fixed_order(small_pool):
     for (t, pool, sel, k), values in ev.values.items():
         expect = [brute_force_draw(rows, q, sel, ev.plans[(t, pool)], k) for q in ev.qids]
         np.testing.assert_allclose(values, expect, atol=1e-12, err_msg=f"{t} {pool} {sel} k={k}")
+    # the same order /solve cycles through (a question in another language: as listed)
+    assert round_robin(["sw", "de", "en"], "de") == ["de", "en", "sw"]
+    assert round_robin(["sw", "de"], "en") == ["sw", "de"]
     with pytest.raises(ValueError, match="needs order"):
         evaluate(table, config(allocation="round_robin"))
     with pytest.raises(ValueError, match="exactly once"):

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import json
 import os
+from dataclasses import dataclass, field
 
 import pyarrow.fs as pafs
 import pytest
@@ -130,3 +131,44 @@ def test_outputs_of_the_first_layout_still_resume(tmp_path):
     assert storage.saved_config(out) == "seed: 1\n"
     storage.write_text(storage.join(out, storage.CONFIG), "seed: 2\n")
     assert storage.saved_config(out) == "seed: 2\n"  # the new name wins where both exist
+
+
+@dataclass
+class Inner:
+    seed: int = 0
+
+
+@dataclass
+class Job:
+    model: str = "m"
+    n: int = 4
+    inner: Inner = field(default_factory=Inner)
+
+
+def test_resume_same_job_compares_the_saved_keys(tmp_path):
+    """One rule for sample, score and train-rm: the saved config must agree on the job's
+    keys (dotted paths too); a key an older output did not save counts as equal."""
+    out = str(tmp_path / "out")
+    assert storage.resume_same_job(out, Job(), ["model"], False)  # nothing saved yet
+    storage.save_config(out, Job())
+    storage.write_text(storage.join(out, "part-0.parquet"), "x")
+    assert storage.resume_same_job(out, Job(n=8), ["model", "inner.seed"], False)
+    with pytest.raises(ValueError, match=r"another job \(different model, inner.seed\)"):
+        storage.resume_same_job(out, Job(model="x", inner=Inner(1)), ["model", "inner.seed"], False)
+    storage.write_text(storage.join(out, storage.CONFIG), "n: 4\n")  # an older output: no model key
+    assert storage.resume_same_job(out, Job(model="x"), ["model"], False)
+    storage.write_text(storage.join(out, storage.CONFIG), "model: m\n")
+    assert not storage.resume_same_job(out, Job(model="x"), ["model"], True)  # cleared
+    assert os.listdir(out) == []
+
+
+def test_absolute_paths_for_actors_on_other_nodes(tmp_path, monkeypatch):
+    from bestofl import models
+
+    monkeypatch.chdir(tmp_path)
+    (tmp_path / "lm").mkdir()
+    assert storage.absolute("out") == str(tmp_path / "out")
+    assert storage.absolute("s3://b/out") == "s3://b/out"
+    assert models.absolute_model("lm") == str(tmp_path / "lm")
+    assert models.absolute_model("Qwen/Qwen2.5-7B") == "Qwen/Qwen2.5-7B"  # a hub id: a name
+    assert models.absolute_model("s3://b/rm") == "s3://b/rm"

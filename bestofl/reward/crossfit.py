@@ -28,17 +28,15 @@ import pyarrow as pa
 import pyarrow.fs as pafs
 import ray
 import ray.train
-from omegaconf import OmegaConf
 from ray.train.torch import TorchTrainer
 from transformers import AutoConfig
 
 from bestofl import pool, storage
 from bestofl.config import TrainRMConfig
 from bestofl.ray_runtime import train_logging
-from bestofl.reward import card, checkpoint, data, training
+from bestofl.reward import RM_INFO_FILE, card, checkpoint, data, training
 from bestofl.reward.tracking import check_tracker
 
-RM_METADATA = "bestofl_rm.json"
 POOL_DIR = "pool"
 # A partial output may only be continued by the same job: its checkpoints depend on these.
 SAME_JOB_KEYS = ("input", "model", "cv", "objective", "pair_scope", "max_pairs_per_question",
@@ -79,7 +77,8 @@ def prepare(cfg: TrainRMConfig) -> TrainingJob:
     if not any(r["correct"] is not None for r in rows):
         raise ValueError(f"no row of {cfg.input} has `correct` set: nothing to learn from "
                          "(sample or import with gold answers)")
-    resuming = storage.prepare_output(cfg.output, cfg.overwrite) and _same_job(cfg)
+    resuming = storage.prepare_output(cfg.output, cfg.overwrite) and storage.resume_same_job(
+        cfg.output, cfg, SAME_JOB_KEYS, cfg.overwrite)
     storage.save_config(cfg.output, cfg)
     storage_path = cfg.storage_path or storage.join(cfg.output, "ray")
     digest = hashlib.sha1(cfg.output.encode()).hexdigest()[:8]
@@ -161,7 +160,7 @@ def _cross_fit(job: TrainingJob) -> dict[str, Any]:
             "models": [f"fold-{k}" for k in range(cfg.cv)], "pool": POOL_DIR,
             "metrics": summary, "score_stats": report["score_stats"],
             "lang_accuracy": report["lang_accuracy"], "config": dataclasses.asdict(cfg)}
-    storage.write_text(storage.join(cfg.output, RM_METADATA), json.dumps(meta, indent=2) + "\n")
+    storage.write_text(storage.join(cfg.output, RM_INFO_FILE), json.dumps(meta, indent=2) + "\n")
     return summary
 
 
@@ -224,7 +223,7 @@ def fit(cfg: TrainRMConfig, train_rows: list[dict], val_rows: list[dict], out: s
         "val_qids": sorted({r["qid"] for r in val_rows}),
         "config": dataclasses.asdict(cfg),
     }
-    storage.write_text(storage.join(out, RM_METADATA), json.dumps(meta, indent=2) + "\n")
+    storage.write_text(storage.join(out, RM_INFO_FILE), json.dumps(meta, indent=2) + "\n")
     storage.write_text(storage.join(out, card.MODEL_CARD),
                        card.model_card(cfg, meta, train_rows, val_rows))
     return FitResult(report, scores)
@@ -237,25 +236,6 @@ def _written_scores(pool_uri: str, table: pa.Table, held: set[str]) -> dict[int,
     qids = table.column("qid").to_pylist()
     return {i: by_identity.get(identity) for i, identity in enumerate(pool.identities(table))
             if qids[i] in held}
-
-
-def _same_job(cfg: TrainRMConfig) -> bool:
-    """Whether a partial output may be resumed; another job's is refused, or cleared
-    when overwrite=true (its checkpoints would not fit this run)."""
-    text = storage.saved_config(cfg.output)
-    if text is None:
-        return True
-    saved = OmegaConf.to_container(OmegaConf.create(text))
-    now = dataclasses.asdict(cfg)
-    diff = [k for k in SAME_JOB_KEYS if saved.get(k, now[k]) != now[k]]
-    if not diff:
-        return True
-    if not cfg.overwrite:
-        raise ValueError(f"{cfg.output} holds a partial run of another job (different "
-                         f"{', '.join(diff)}); pass overwrite=true to start it over")
-    fs, path = storage.filesystem(cfg.output)
-    fs.delete_dir_contents(path)
-    return False
 
 
 def _drop(fs: pafs.FileSystem, path: str) -> None:

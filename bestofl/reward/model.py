@@ -30,7 +30,7 @@ def load_reward_model(path: str, dtype: str = "float32", trust_remote_code: bool
     return model, tokenizer
 
 
-def render(tokenizer: PreTrainedTokenizerBase, question: str, response: str) -> str:
+def rm_text(tokenizer: PreTrainedTokenizerBase, question: str, response: str) -> str:
     """The text the reward model reads: the chat a user and the policy had."""
     if tokenizer.chat_template:
         messages = [{"role": "user", "content": question}, {"role": "assistant", "content": response}]
@@ -42,7 +42,7 @@ def encode(tokenizer: PreTrainedTokenizerBase, question: str, response: str,
            max_length: int) -> list[int]:
     """Token ids, cut in the middle when too long: the question's start and the
     response's end (where the final answer is) both survive."""
-    ids = tokenizer(render(tokenizer, question, response), add_special_tokens=False)["input_ids"]
+    ids = tokenizer(rm_text(tokenizer, question, response), add_special_tokens=False)["input_ids"]
     if len(ids) <= max_length:
         return ids
     head = max_length // 4
