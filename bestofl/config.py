@@ -267,6 +267,7 @@ class ImportConfig:
     format: str = MISSING  # xling-traces | jsonl
     model: Optional[str] = MISSING  # model name for the pool; default: the source folder name
     columns: dict[str, str] = field(default_factory=dict)  # jsonl: pool column -> source key
+    tokenizer: Optional[str] = MISSING  # num_tokens = each response's tokens under it; null: as given
     overwrite: bool = MISSING
 
     def check(self) -> None:

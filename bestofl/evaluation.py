@@ -532,7 +532,7 @@ def evaluate(table: pa.Table, cfg: Any, rm_info: Mapping[str, Any] | None = None
     selectors = _selectors(arrays, cfg, notices)
     if getattr(cfg, "budget_unit", "responses") == "tokens" and np.isnan(arrays.tokens).all():
         raise ValueError("budget_unit=tokens needs num_tokens in the pool (sampled pools have "
-                         "it; fill it on import)")
+                         "it; `bestofl import tokenizer=MODEL` fills it)")
     plans, budgets = make_plans(arrays, targets, cross, cfg, notices)
     values = expected_values(arrays, plans, selectors, cfg)
     results, differences, mean_differences = intervals(arrays, plans, values, targets,

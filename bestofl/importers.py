@@ -7,12 +7,16 @@
     jsonl         one row per line; `columns` maps pool columns to source keys (defaults:
                   the pool names; `lang` for question_lang, `question` for prompt).
 
+With `tokenizer` set, num_tokens is each response's token count under that tokenizer
+(replacing any count the source gives), so token budgets work on imported pools.
+
 Every source file is read and validated before anything is written, so a malformed file
 leaves the output untouched; the pool then goes out in one write, then _SUCCESS.
 """
 from __future__ import annotations
 
 import json
+import os
 import posixpath
 import sys
 from collections import Counter
@@ -25,11 +29,13 @@ from bestofl import pool, storage
 from bestofl.answers import extract_answer, grade, is_correct, model_response
 from bestofl.config import ImportConfig
 from bestofl.languages import get_language
+from bestofl.models import HUB_ID, local_model
 from bestofl.questions import mgsm_qid
 
 EN_QUERY_METHOD = "nxn-en-query"  # English question, reasoning forced into the file's language
 XLING_KEYS = ("prompt", "output", "gold_answer")
 SUFFIXES = (".jsonl.gz", ".jsonl")
+TOKEN_BATCH = 256  # responses per fast-tokenizer call (Rust, parallel inside a call)
 
 
 class SourceError(ValueError):
@@ -41,6 +47,7 @@ def import_pool(cfg: ImportConfig) -> str:
     storage.check_output_apart(cfg.output, [cfg.src])
     if storage.is_finished(cfg.output) and not cfg.overwrite:
         storage.prepare_output(cfg.output, overwrite=False)  # refuses before any reading
+    tokenizer = _load_tokenizer(cfg.tokenizer) if cfg.tokenizer else None
     if cfg.format == "xling-traces":
         table, files = _read_xling(cfg)
     elif cfg.format == "jsonl":
@@ -48,6 +55,8 @@ def import_pool(cfg: ImportConfig) -> str:
     else:
         raise ValueError(f"unknown import format {cfg.format!r}; known: xling-traces, jsonl")
     pool.check_identity(table)
+    if tokenizer is not None:
+        table = _count_tokens(table, tokenizer, cfg.tokenizer)
     if storage.prepare_output(cfg.output, cfg.overwrite):
         _clear_unfinished(cfg.output)
     storage.save_config(cfg.output, cfg)
@@ -59,6 +68,33 @@ def import_pool(cfg: ImportConfig) -> str:
     print(f"[import] wrote {table.num_rows} rows from {files} file(s) to {cfg.output}",
           file=sys.stderr, flush=True)
     return cfg.output
+
+
+def _load_tokenizer(name: str) -> Any:
+    """The tokenizer of a model folder, a URI (copied by local_model) or a hub id."""
+    from transformers import AutoTokenizer
+
+    local = local_model(name)
+    if not os.path.isdir(local) and (os.path.exists(local) or not HUB_ID.match(local)):
+        raise FileNotFoundError(f"tokenizer not found: {name} (tokenizer= takes a model folder, "
+                                "a URI such as s3://bucket/model, or a hub id)")
+    try:
+        return AutoTokenizer.from_pretrained(local, trust_remote_code=False)
+    except (OSError, ValueError) as e:
+        raise FileNotFoundError(f"tokenizer {name} cannot be loaded: {e}") from None
+
+
+def _count_tokens(table: pa.Table, tokenizer: Any, name: str) -> pa.Table:
+    """`table` with num_tokens = the tokens of each response (no special tokens added)."""
+    texts = [t or "" for t in table.column("response").to_pylist()]
+    counts: list[int] = []
+    for start in range(0, len(texts), TOKEN_BATCH):
+        ids = tokenizer(texts[start:start + TOKEN_BATCH], add_special_tokens=False, verbose=False,
+                        return_attention_mask=False)["input_ids"]
+        counts += [len(x) for x in ids]
+    print(f"[import] num_tokens from {name}: {sum(counts)} tokens in all", file=sys.stderr, flush=True)
+    index = table.schema.get_field_index("num_tokens")
+    return table.set_column(index, table.schema.field(index), pa.array(counts, pa.int64()))
 
 
 def _clear_unfinished(output: str) -> None:

@@ -229,3 +229,49 @@ def test_jsonl_duplicate_identity_is_refused(tmp_path):
     with pytest.raises(ValueError, match="identities written more than once"):
         import_pool(_cfg(_jsonl(tmp_path / "x.jsonl", rows), tmp_path / "pool", "jsonl"))
     assert not (tmp_path / "pool").exists()
+
+
+# ---------------------------------------------------------------- num_tokens from a tokenizer
+def test_tokenizer_fills_num_tokens_and_token_budgets_work(imported, traces, tiny_lm, tmp_path):
+    from transformers import AutoTokenizer
+
+    from bestofl.evaluation import evaluate
+
+    _, plain = imported
+    assert set(plain.column("num_tokens").to_pylist()) == {None}  # the traces give no counts
+    out = tmp_path / "pool"
+    import_pool(_cfg(traces, out, "xling-traces", f"tokenizer={tiny_lm}"))
+    table = read_pool(str(out))
+    assert table.drop(["num_tokens"]).equals(plain.drop(["num_tokens"]))
+    tokenizer = AutoTokenizer.from_pretrained(tiny_lm)
+    rows = table.to_pylist()
+    for r in rows[::37]:
+        assert r["num_tokens"] == len(tokenizer(r["response"], add_special_tokens=False)["input_ids"])
+    assert min(r["num_tokens"] for r in rows) > 0
+
+    cfg = load_config("evaluate", None, ["input=unused", "output=unused", "budget_unit=tokens",
+                                         "selectors=[oracle]", "budgets=[1]", "languages=[de]",
+                                         "bootstrap=10", "plots=false"])
+    ev = evaluate(table, cfg)
+    per_q: dict[str, list[int]] = {}
+    for r in rows:
+        if r["response_lang"] == "de":
+            per_q.setdefault(r["qid"], []).append(r["num_tokens"])
+    (mono,) = [r for r in ev.results if (r["pool"], r["budget"]) == ("mono", 1)]
+    assert mono["tokens"] == pytest.approx(sum(sum(v) / len(v) for v in per_q.values()) / len(per_q))
+
+
+def test_bad_tokenizer_is_a_clear_error(tmp_path, capsys):
+    from bestofl import cli
+
+    src = _jsonl(tmp_path / "gens.jsonl", GENERATIONS)
+    out = tmp_path / "pool"
+    empty = tmp_path / "no-tokenizer"
+    empty.mkdir()
+    for bad, problem in [(tmp_path / "nowhere", "tokenizer not found"),
+                         (empty, "cannot be loaded")]:
+        assert cli.main(["import", "--format", "jsonl", str(src), str(out), f"tokenizer={bad}"]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith("bestofl import: error:") and problem in err and str(bad) in err
+        assert len(err.strip().splitlines()) == 1
+        assert not out.exists()
