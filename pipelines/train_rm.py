@@ -6,6 +6,7 @@ Ray, train. What it does: `bestofl.reward.crossfit`.
 from __future__ import annotations
 
 import dataclasses
+import os
 import sys
 from typing import Any, Sequence
 
@@ -21,13 +22,16 @@ def run(cfg: TrainRMConfig) -> dict[str, Any]:
                               model=models.absolute_model(cfg.model),
                               output=storage.absolute(cfg.output),
                               storage_path=storage.absolute(cfg.storage_path) if cfg.storage_path else None)
+    # Before anything else, Ray included: overwrite=true must never delete an input.
+    storage.check_output_apart(cfg.output, [*cfg.input, cfg.model if os.path.exists(cfg.model) else None])
+    preflight.require(cfg)  # fails in seconds where Ray Train would wait for workers forever
     job = crossfit.prepare(cfg)
     init_ray(cfg.ray)
     return crossfit.train(job)
 
 
 def main(argv: Sequence[str] | None = None) -> int:
-    return command_main("train_rm", argv, run, preflight.require)  # --dry-run: the plan
+    return command_main("train_rm", argv, run)  # --dry-run: the plan
 
 
 if __name__ == "__main__":

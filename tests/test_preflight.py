@@ -82,11 +82,17 @@ def _subprocess(*argv: str) -> subprocess.CompletedProcess:
 
 def test_train_rm_without_cpus_fails_before_starting_ray(tmp_path):
     out = _subprocess("train-rm", "input=p", "model=m", f"output={tmp_path / 'rm'}",
-                      "ray.address=local", "ray.num_cpus=0")
+                      "ray.address=local", "ray.num_cpus=1")
     assert out.returncode == 2
     assert out.stderr.strip().splitlines() == [
         "bestofl train-rm: error: train-rm needs 2 workers x 1 CPU; the local Ray it would "
-        "start has 0 CPUs"]
+        "start has 1 CPU"]
+    assert not (tmp_path / "rm").exists()
+    # A local Ray with no CPUs at all (a hang before) is refused by the config itself.
+    out = _subprocess("train-rm", "input=p", "model=m", f"output={tmp_path / 'rm'}",
+                      "ray.address=local", "ray.num_cpus=0")
+    (line,) = out.stderr.strip().splitlines()
+    assert out.returncode == 2 and "ray.num_cpus" in line
     assert not (tmp_path / "rm").exists()
 
 

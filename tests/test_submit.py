@@ -92,7 +92,6 @@ def test_config_paths_and_env(tmp_path, monkeypatch):
 
 
 def test_token_is_found_where_ray_keeps_it(tmp_path, monkeypatch):
-    from ray._raylet import AuthenticationTokenLoader
 
     for key in ("RAY_AUTH_TOKEN", "RAY_AUTH_TOKEN_PATH", "RAY_AUTH_MODE"):
         monkeypatch.delenv(key, raising=False)
@@ -108,9 +107,15 @@ def test_token_is_found_where_ray_keeps_it(tmp_path, monkeypatch):
     assert submit.auth_headers() == {"authorization": "Bearer from-env"}
     monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
     assert submit.auth_headers() == {}
-    # This process's own Ray stays as it was: a token in Ray's loader would make its workers
-    # demand one from the session's cluster (which has auth off).
-    assert not AuthenticationTokenLoader.instance().has_token()
+    # Reading the token must leave the process's own Ray as it was: a token cached in Ray's
+    # loader would make its workers demand one from a cluster that has auth off. A fresh
+    # interpreter, since earlier tests of this session may have loaded it legitimately.
+    monkeypatch.delenv("RAY_AUTH_TOKEN")
+    monkeypatch.delenv("RAY_AUTH_MODE")
+    probe = ("from bestofl import submit; from ray._raylet import AuthenticationTokenLoader; "
+             "assert submit.auth_headers(); print(AuthenticationTokenLoader.instance().has_token())")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
+    assert out.returncode == 0 and out.stdout.strip() == "False", out.stderr
 
 
 def test_bad_key_fails_before_anything_is_submitted(capsys):

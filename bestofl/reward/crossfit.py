@@ -64,9 +64,8 @@ class FitResult:
 
 
 def prepare(cfg: TrainRMConfig) -> TrainingJob:
-    """Every check that can fail before Ray starts; then the output folder is claimed."""
-    storage.check_output_apart(cfg.output,
-                               [*cfg.input, cfg.model if os.path.exists(cfg.model) else None])
+    """Every check that can fail before Ray starts; then the output folder is claimed.
+    (The caller has checked that the output lies apart from the inputs.)"""
     try:  # a wrong model path fails here, not minutes later in every worker
         AutoConfig.from_pretrained(cfg.model, trust_remote_code=cfg.trust_remote_code)
     except (OSError, ValueError) as e:
