@@ -176,6 +176,39 @@ def test_error_messages_never_echo_more_than_a_short_prefix():
     assert long.startswith("y" * ECHO_CHARS) and len(long) < ECHO_CHARS + 40
 
 
+def test_a_request_over_its_time_budget_gets_504_and_its_work_is_cancelled():
+    """request_timeout_s bounds what one request may hold: past it the answer is a 504
+    naming the limit, and the queued work is cancelled (its pairs leave the batcher)."""
+    import asyncio
+    from types import SimpleNamespace
+
+    from fastapi import HTTPException
+
+    from bestofl.serving import Selector
+
+    in_time = Selector.func_or_class._in_time
+    holder = SimpleNamespace(cfg=SimpleNamespace(request_timeout_s=0.2))
+    cancelled = []
+
+    async def slow() -> dict:
+        try:
+            await asyncio.sleep(30)
+        except asyncio.CancelledError:
+            cancelled.append(True)
+            raise
+        return {}
+
+    async def scenario() -> None:
+        assert await in_time(holder, asyncio.sleep(0, result={"best": 0})) == {"best": 0}
+        start = time.monotonic()
+        with pytest.raises(HTTPException) as e:
+            await in_time(holder, slow())
+        assert e.value.status_code == 504 and "request_timeout_s=0.2" in e.value.detail
+        assert time.monotonic() - start < 5 and cancelled == [True]
+
+    asyncio.run(scenario())
+
+
 # ---------------------------------------------------------------- shared Serve instance
 @pytest.fixture(scope="module")
 def rm(tiny_rm):
