@@ -453,7 +453,8 @@ def _batch_loss(engine, tokenizer, batch: dict[str, np.ndarray], objective: str,
     seqs = [encode(tokenizer, p, r, max_length) for p, r in zip(batch["prompt"], batch["response"])]
     ids, mask = collate(seqs, tokenizer.pad_token_id)
     scores = engine(ids.to(device), mask.to(device))
-    labels = torch.as_tensor(batch["label"], dtype=torch.float32, device=device)
+    # A copy: Ray Data hands read-only NumPy views, which torch warns about sharing.
+    labels = torch.tensor(batch["label"], dtype=torch.float32, device=device)
     return F.binary_cross_entropy_with_logits(scores, labels)
 
 
