@@ -2,7 +2,6 @@
 from __future__ import annotations
 
 import uuid
-from collections import Counter
 from typing import Any, Mapping, Sequence
 
 import pyarrow as pa
@@ -146,14 +145,22 @@ def _folder(uri: str, file: str) -> str:
     return storage.join(uri, *rel) if rel else uri
 
 
-def _check_unique(table: pa.Table, sources: list[tuple[str, pa.ChunkedArray]]) -> None:
+def _duplicates(table: pa.Table) -> tuple[pa.Array, pa.Array, dict[str, Any]]:
+    """Every row's identity key, the keys that appear more than once, and one such
+    identity as a dict (empty when there is none)."""
     keys = identity_keys(table)
     counts = pc.value_counts(keys)
     dup = counts.field("values").filter(pc.greater(counts.field("counts"), 1))
     if not len(dup):
-        return
+        return keys, dup, {}
     first = pc.index(keys, dup[0]).as_py()
-    example = dict(zip(IDENTITY, (table.column(c)[first].as_py() for c in IDENTITY)))
+    return keys, dup, dict(zip(IDENTITY, (table.column(c)[first].as_py() for c in IDENTITY)))
+
+
+def _check_unique(table: pa.Table, sources: list[tuple[str, pa.ChunkedArray]]) -> None:
+    keys, dup, example = _duplicates(table)
+    if not len(dup):
+        return
     hit = pc.is_in(keys, value_set=dup)
     uris = [uri for uri, files in sources for _ in range(len(files))]
     files = pa.concat_arrays([f.combine_chunks() for _, f in sources if len(f)])
@@ -206,12 +213,11 @@ def identities(table: pa.Table) -> list[tuple]:
 
 
 def check_identity(table: pa.Table) -> None:
-    """Raise PoolError if any row identity appears twice."""
-    counts = Counter(identities(table))
-    dup = [k for k, c in counts.items() if c > 1]
-    if dup:
-        raise PoolError(f"{len(dup)} row identities written more than once, e.g. "
-                        f"{dict(zip(IDENTITY, dup[0]))}")
+    """Raise PoolError if any row identity of an in-memory table appears twice (a pool
+    read from disk is checked by read_pool, which also names the folders)."""
+    _, dup, example = _duplicates(table)
+    if len(dup):
+        raise PoolError(f"{len(dup)} row identities written more than once, e.g. {example}")
 
 
 def languages(table: pa.Table, column: str = "response_lang") -> list[str]:

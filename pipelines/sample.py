@@ -94,7 +94,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
                 bar.set_postfix(tok_s=f"{tokens / (time.perf_counter() - start):.0f}", errors=errors)
     seconds = time.perf_counter() - start
     pool.drop_staging(cfg.output)  # what actors killed mid-write left (readers skip it anyway)
-    pool.check_identity(pool.read_pool(cfg.output, columns=list(pool.IDENTITY)))
+    pool.read_pool(cfg.output, columns=list(pool.IDENTITY))  # refuses an identity written twice
     summary = {"questions": n_questions, "languages": languages, "mode": cfg.mode, "model": model,
                "samples": already + new, "new_samples": new, "generated_tokens": tokens,
                "tokens_per_s": round(tokens / seconds, 1) if seconds > 0 else 0.0,
