@@ -160,7 +160,7 @@ def verdict(command: str, cfg: Any, platform: str, connect: bool = False) -> dic
     """
     import ray
 
-    from bestofl.ray_runtime import cluster_address
+    from bestofl.ray_runtime import cluster_address, init_ray
 
     wanted = demands(command, cfg)
     if ray.is_initialized():
@@ -179,7 +179,7 @@ def verdict(command: str, cfg: Any, platform: str, connect: bool = False) -> dic
             return {"cluster": address, "ok": None, "problems": [], "note": "not connected"}
         else:
             try:
-                ray.init(address=address, log_to_driver=False, logging_level="ERROR")
+                init_ray(cfg.ray)  # joins as a run would, token included
                 nodes = live_nodes()
             except Exception as e:
                 return {"cluster": address, "ok": False,
