@@ -42,10 +42,11 @@ def _place(uri: str) -> tuple[str, str]:
 def check_output_apart(output: str, inputs: Sequence[str | None], name: str = "output") -> None:
     """Refuse an output that equals, lies inside, or contains any input, before anything is
     touched: writing there would delete the input (overwrite=true) or nest one pool in
-    another (a reader then sees every row twice)."""
+    another (a reader then sees every row twice). An input that is neither a URI nor on
+    disk (a hub id, `generated:...`, `hf:...`) is no place and cannot be overwritten."""
     scheme, out = _place(output)
     for given in inputs:
-        if not given:
+        if not given or ("://" not in given and not os.path.exists(given)):
             continue
         s, inp = _place(given)
         if s != scheme:

@@ -14,7 +14,6 @@ The finished pool is checked for duplicate row identities before it is marked do
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 import time
 from typing import Any, Sequence
@@ -38,9 +37,7 @@ def check(cfg: SampleConfig) -> None:
 
 
 def run(cfg: SampleConfig) -> dict[str, Any]:
-    storage.check_output_apart(cfg.output, [
-        None if cfg.questions.startswith(("hf:", "generated:")) else cfg.questions,
-        cfg.model if os.path.exists(cfg.model) else None])
+    storage.check_output_apart(cfg.output, [cfg.questions, cfg.model])
     cfg = dataclasses.replace(cfg, model=models.absolute_model(cfg.model),
                               output=storage.absolute(cfg.output))
     check(cfg)

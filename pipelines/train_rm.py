@@ -6,7 +6,6 @@ Ray, train. What it does: `bestofl.reward.crossfit`.
 from __future__ import annotations
 
 import dataclasses
-import os
 import sys
 from typing import Any, Sequence
 
@@ -23,7 +22,7 @@ def run(cfg: TrainRMConfig) -> dict[str, Any]:
                               output=storage.absolute(cfg.output),
                               storage_path=storage.absolute(cfg.storage_path) if cfg.storage_path else None)
     # Before anything else, Ray included: overwrite=true must never delete an input.
-    storage.check_output_apart(cfg.output, [*cfg.input, cfg.model if os.path.exists(cfg.model) else None])
+    storage.check_output_apart(cfg.output, [*cfg.input, cfg.model])
     preflight.require(cfg)  # fails in seconds where Ray Train would wait for workers forever
     job = crossfit.prepare(cfg)
     init_ray(cfg.ray)

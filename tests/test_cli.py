@@ -146,6 +146,18 @@ def test_output_overlapping_an_input_is_refused_and_the_input_kept(command, rela
     assert _snapshot(tmp_path / "data") == before
 
 
+def test_inputs_that_are_no_place_never_block_an_output(tmp_path, monkeypatch):
+    """A hub id or a `generated:` spec is not on disk: an output whose path happens to
+    spell it is no overlap."""
+    from bestofl import storage
+
+    monkeypatch.chdir(tmp_path)
+    storage.check_output_apart("Qwen", ["Qwen/Qwen2.5-7B-Instruct", "generated:16:easy"])
+    (tmp_path / "Qwen" / "Qwen2.5-7B-Instruct").mkdir(parents=True)  # now a local folder
+    with pytest.raises(storage.OutputError, match="contains the input Qwen/Qwen2.5-7B-Instruct"):
+        storage.check_output_apart("Qwen", ["Qwen/Qwen2.5-7B-Instruct"])
+
+
 def test_nested_pool_is_refused_by_readers_naming_both_folders(tmp_path, capsys):
     """A pool written inside another (by an older version, or by hand) reads every row twice:
     evaluate refuses it, naming the folders, instead of reporting doubled budgets."""
