@@ -9,7 +9,7 @@ import os
 import sys
 from typing import Sequence
 
-from bestofl.commands import COMMANDS, parse_args
+from bestofl.commands import COMMANDS, check_args, parse_args
 
 VERBOSE_ENV = "BESTOFL_VERBOSE"  # read by ray_runtime.init_ray (not imported here: no Ray for --help)
 
@@ -51,6 +51,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bestofl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
+        check_args(command, rest)
         return COMMANDS[command].main()(rest) or 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         # User errors (config, input files, finished outputs) read better without a traceback.

@@ -14,6 +14,7 @@ class Command:
     summary: str
     entry: str  # "module:function"; the function takes argv and returns an exit code
     config: str | None  # schema / conf file name; None: the command parses its own arguments
+    dry_run: bool = False  # takes --dry-run [--platform] (bestofl.plan.command_main)
 
     def main(self) -> Callable[[Sequence[str]], int]:
         module, function = self.entry.split(":")
@@ -22,16 +23,16 @@ class Command:
 
 COMMANDS: dict[str, Command] = {c.name: c for c in (
     Command("sample", "questions -> candidate pool (Ray Data + vLLM)", "pipelines.sample:main",
-            "sample"),
+            "sample", dry_run=True),
     Command("import", "external generations -> candidate pool (formats: xling-traces, jsonl)",
             "bestofl.cli:import_main", "import"),
     Command("train-rm", "candidate pools -> reward-model checkpoint (Ray Train + DeepSpeed)",
-            "pipelines.train_rm:main", "train_rm"),
+            "pipelines.train_rm:main", "train_rm", dry_run=True),
     Command("score", "candidate pool + reward model -> pool with `score` (Ray Data)",
-            "pipelines.score:main", "score"),
+            "pipelines.score:main", "score", dry_run=True),
     Command("evaluate", "scored or unscored pool -> report (selector x budget x language)",
             "pipelines.evaluate:main", "evaluate"),
-    Command("serve", "the selector endpoint (Ray Serve)", "pipelines.serve:main", "serve"),
+    Command("serve", "the selector endpoint (Ray Serve)", "pipelines.serve:main", "serve", dry_run=True),
     Command("compare", "two evaluate reports -> paired differences of every shared row",
             "bestofl.compare:main", None),
     Command("submit", "run any command as a Ray job on a cluster", "bestofl.submit:main", None),
@@ -67,6 +68,17 @@ def key_value_args(command: str, argv: Sequence[str]) -> list[str]:
     if len(positional) > len(names):
         raise ValueError(f"unexpected argument(s) {positional[len(names):]}: give key=value")
     return [f"{k}={v}" for k, v in zip(names, positional)] + out
+
+
+def check_args(command: str, argv: Sequence[str]) -> None:
+    """Answer --help and refuse a bad config from the config module alone, before the
+    command's module (torch, transformers, vLLM: seconds to import) is loaded."""
+    from bestofl.config import command_parser, load_config
+
+    spec = COMMANDS[command]
+    if spec.config is not None:
+        args = command_parser(spec.config, spec.dry_run).parse_args(key_value_args(command, argv))
+        load_config(spec.config, args.config, args.overrides)
 
 
 def parse_args(command: str, argv: Sequence[str]) -> Any:

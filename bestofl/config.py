@@ -683,12 +683,18 @@ def describe_keys(command: str) -> str:
     return "\n".join(lines)
 
 
-def command_parser(command: str) -> argparse.ArgumentParser:
-    """`[--config FILE] key=value ...`; --help lists every key with its default and comment."""
+def command_parser(command: str, dry_run: bool = False) -> argparse.ArgumentParser:
+    """`[--config FILE] key=value ...`; --help lists every key with its default and comment.
+    `dry_run`: the Ray commands' --dry-run [--platform cpu|gpu] too (bestofl.plan)."""
     parser = argparse.ArgumentParser(
         prog=f"bestofl {command.replace('_', '-')}", epilog=describe_keys(command),
         formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
+    if dry_run:
+        parser.add_argument("--dry-run", action="store_true",
+                            help="print the resolved plan as JSON and start no Ray work")
+        parser.add_argument("--platform", choices=["cpu", "gpu"], default=None,
+                            help="with --dry-run: resolve as on such a node (default: this one)")
     parser.add_argument("overrides", nargs="*", help="OmegaConf dotlist overrides key=value")
     return parser
 

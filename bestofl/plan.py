@@ -124,11 +124,7 @@ def command_main(command: str, argv: Sequence[str] | None, run: Callable[[Any], 
                  check: Callable[[Any], None] | None = None) -> int:
     """`[--config FILE] [--dry-run [--platform cpu|gpu]] key=value ...` for a Ray command:
     print the plan, or `check` the config (e.g. preflight.require) and run it."""
-    parser = command_parser(command)
-    parser.add_argument("--dry-run", action="store_true",
-                        help="print the resolved plan as JSON and start no Ray work")
-    parser.add_argument("--platform", choices=["cpu", "gpu"], default=None,
-                        help="with --dry-run: resolve as on such a node (default: this one)")
+    parser = command_parser(command, dry_run=True)
     args = parser.parse_args(argv)
     cfg = load_config(command, args.config, args.overrides)
     if args.dry_run:

@@ -255,3 +255,15 @@ def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monk
     assert "logging_config" not in ray_runtime._logging_args()
     monkeypatch.delenv(ray_runtime.VERBOSE_ENV)
     assert ray_runtime._logging_args()["logging_config"].log_level == "ERROR"
+
+
+def test_help_and_config_errors_answer_before_torch_is_imported():
+    """--help and a bad key are answered from the config module: the command's own module
+    (torch, transformers, vLLM) is not loaded for them."""
+    probe = ("import sys\nfrom bestofl.cli import main\n"
+             "try:\n    main(['train-rm', '--help'])\nexcept SystemExit:\n    pass\n"
+             "code = main(['score', 'input=p', 'model=m', 'output=o', 'no_such_key=1'])\n"
+             "print(code, sorted(m for m in ('torch', 'transformers', 'vllm', 'pipelines.score') if m in sys.modules))")
+    out = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=60, cwd=ROOT)
+    assert "--dry-run" in out.stdout and "no_such_key" in out.stderr, out.stderr
+    assert out.stdout.strip().splitlines()[-1] == "2 []"
