@@ -183,7 +183,7 @@ def zero3_cv_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
     out = tmp_path_factory.mktemp("rm") / "zero3cv"
     cfg = load_config("train_rm", None, [
         f"input=[{pool_dir}]", f"model={tiny_rm}", f"output={out}", *COMMON,
-        "objective=pointwise", "cv=2", "epochs=2", "log_every=8", "eval_every=-1",
+        "objective=pointwise", "cv=2", "epochs=1", "log_every=8", "eval_every=-1",
         "save_every=6", "num_to_keep=1", "deepspeed.zero_stage=3"])
     checkpoint_step = run_killed(cfg, out / "ray", out / "fold-0")
     interrupted = metrics_lines(out / "fold-0")
@@ -224,9 +224,9 @@ def test_planted_pickle_in_a_checkpoint_is_refused(zero2_run):
 def test_zero3_resumes_from_a_mid_epoch_checkpoint(zero3_cv_run):
     out, _, _, interrupted, checkpoint_step = zero3_cv_run
     lines = metrics_lines(out / "fold-0")
-    assert checkpoint_step % 6 == 0 and checkpoint_step % (lines[-1]["total_steps"] // 2)
+    assert checkpoint_step % 6 == 0 and checkpoint_step < lines[-1]["total_steps"]  # mid-epoch
     assert_resumed(lines, interrupted, checkpoint_step)
-    assert [m["step"] for m in lines] == [6, 8, 12, 16, 18, 24, 30, 32]  # saves and logs
+    assert [m["step"] for m in lines] == [6, 8, 12, 16]  # saves and logs
 
 
 def test_pairwise_learns_the_signal(zero2_run):
