@@ -53,6 +53,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
     from vllm.inputs import TokensPrompt
 
     from bestofl import sampling
+    from bestofl.engine import engine_args
     from bestofl.languages import resolve_languages
     from bestofl.prompts import build_messages, prompt_text
     from bestofl.questions import load_questions
@@ -60,7 +61,7 @@ def plain_vllm(cfg, compare_items: int) -> dict:
     questions = load_questions(cfg.questions, cfg.languages, cfg.limit)
     items = sampling.work_items(questions, cfg.mode, resolve_languages(cfg.languages),
                                 cfg.question_lang, cfg.n)
-    llm = LLM(**sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed))
+    llm = LLM(**engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed))
     ready = time.perf_counter() - start
     tok = llm.get_tokenizer()
     s = cfg.sampling

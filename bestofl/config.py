@@ -141,7 +141,7 @@ class RayConfig:
 class EngineConfig:
     """vLLM engine arguments; anything else goes in `extra` (passed through verbatim).
 
-    `null` is the platform's default, resolved by sampling.engine_args from the actor's
+    `null` is the platform's default, resolved by engine.engine_args from the actor's
     GPUs, so CPU sizes never reach a GPU engine (and the reverse).
     """
 

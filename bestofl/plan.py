@@ -12,8 +12,8 @@ from typing import Any, Callable, Sequence
 
 from bestofl import preflight
 from bestofl.config import command_parser, load_config
+from bestofl.engine import check_kv_cache, engine_args
 from bestofl.hardware import resolve_dtype
-from bestofl.sampling import check_kv_cache, engine_args
 
 
 def this_platform() -> str:

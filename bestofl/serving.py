@@ -15,7 +15,6 @@ import asyncio
 import collections
 import hmac
 import logging
-import uuid
 from typing import Any, Callable, Optional
 
 import torch
@@ -34,9 +33,8 @@ from bestofl.answers import extract_answer
 from bestofl.config import ServeConfig, load_config
 from bestofl.languages import get_language, resolve_languages
 from bestofl.models import local_model
-from bestofl.prompts import build_messages, prompt_text
+from bestofl.prompts import build_messages
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
-from bestofl.sampling import engine_args
 from bestofl.selection import round_robin, vote_weights
 
 logger = logging.getLogger("ray.serve")
@@ -267,34 +265,28 @@ class Generator:
     """A vLLM engine; concurrent /solve calls share its continuous batching."""
 
     def __init__(self, cfg: ServeConfig):
-        from vllm import AsyncEngineArgs, AsyncLLMEngine  # only generator replicas need vLLM
+        from bestofl.engine import VllmEngine, engine_args  # only generator replicas need vLLM
 
-        self.engine = AsyncLLMEngine.from_engine_args(AsyncEngineArgs(
-            **engine_args(local_model(cfg.generator), cfg.engine, cfg.generator_num_gpus)))
-        self.tokenizer = AutoTokenizer.from_pretrained(
-            local_model(cfg.generator), trust_remote_code=cfg.engine.trust_remote_code)
+        self.engine = VllmEngine.start(engine_args(local_model(cfg.generator), cfg.engine,
+                                                   cfg.generator_num_gpus))
         self.sampling = cfg.sampling
+
+    def __del__(self) -> None:
+        # Serve calls this on the replica's loop when it stops the replica: the engine
+        # stops in order before the process goes.
+        engine = getattr(self, "engine", None)
+        if engine is not None:
+            engine.close()
 
     async def generate(self, chats: list[list[dict]]) -> list[str]:
         from vllm import SamplingParams
 
-        params = SamplingParams(temperature=self.sampling.temperature, top_p=self.sampling.top_p,
-                                max_tokens=self.sampling.max_tokens)
-
-        async def one(chat: list[dict]) -> str:
-            # Token ids, so the engine adds no second BOS to the rendered chat.
-            ids = self.tokenizer(prompt_text(self.tokenizer, chat), add_special_tokens=False)["input_ids"]
-            if len(ids) >= self.engine.model_config.max_model_len:
-                raise ValueError(f"the question is too long for the generator: its prompt is "
-                                 f"{len(ids)} tokens, max_model_len is "
-                                 f"{self.engine.model_config.max_model_len}")
-            prompt = {"prompt_token_ids": ids}
-            final = None
-            async for final in self.engine.generate(prompt, params, request_id=uuid.uuid4().hex):
-                pass
-            return final.outputs[0].text
-
-        return list(await asyncio.gather(*(one(chat) for chat in chats)))
+        s = self.sampling
+        # Every prompt is checked before any request starts (PromptTooLong: a 422).
+        prompts = [self.engine.encode(chat)[1] for chat in chats]
+        outs = await asyncio.gather(*(self.engine.generate(ids, SamplingParams(
+            temperature=s.temperature, top_p=s.top_p, max_tokens=s.max_tokens)) for ids in prompts))
+        return [out.outputs[0].text for out in outs]
 
     def check_health(self) -> None:
         # A dead engine fails the health check, so Serve replaces the replica.

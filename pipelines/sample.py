@@ -22,7 +22,7 @@ import pyarrow.compute as pc
 import ray
 from tqdm import tqdm
 
-from bestofl import models, pool, preflight, sampling, storage
+from bestofl import engine, models, pool, preflight, sampling, storage
 from bestofl.config import SampleConfig
 from bestofl.plan import command_main
 from bestofl.languages import resolve_languages
@@ -33,7 +33,7 @@ from bestofl.ray_runtime import init_ray
 def check(cfg: SampleConfig) -> None:
     """What fails before any Ray work: the model, and a KV cache too small for it."""
     models.check_language_model(cfg.model)
-    sampling.check_kv_cache(sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
+    engine.check_kv_cache(engine.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus))
 
 
 def run(cfg: SampleConfig) -> dict[str, Any]:
@@ -79,7 +79,7 @@ def run(cfg: SampleConfig) -> dict[str, Any]:
             compute=ray.data.ActorPoolStrategy(
                 size=a.num_actors, max_concurrent_calls_per_actor=a.batches_in_flight),
             num_cpus=a.num_cpus, num_gpus=a.num_gpus, resources=a.resources or None,
-            runtime_env={"env_vars": dict(a.env_vars)} if a.env_vars else None)
+            runtime_env={"env_vars": {**sampling.ACTOR_ENV, **a.env_vars}})
         with tqdm(total=todo, desc="samples", unit="sample", dynamic_ncols=True) as bar:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 first = first or time.perf_counter() - start

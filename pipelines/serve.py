@@ -12,7 +12,7 @@ from typing import Sequence
 from ray import serve
 from ray.serve.handle import DeploymentHandle
 
-from bestofl import models, preflight, sampling
+from bestofl import engine, models, preflight
 from bestofl.config import ServeConfig
 from bestofl.plan import command_main
 from bestofl.ray_runtime import init_ray
@@ -56,7 +56,7 @@ def check(cfg: ServeConfig) -> None:
     models.check_reward_model(cfg.model, cfg.trust_remote_code)
     if cfg.generator:
         models.check_language_model(cfg.generator)
-        sampling.check_kv_cache(sampling.engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus))
+        engine.check_kv_cache(engine.engine_args(cfg.generator, cfg.engine, cfg.generator_num_gpus))
 
 
 def main(argv: Sequence[str] | None = None) -> int:

