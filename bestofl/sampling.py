@@ -14,7 +14,7 @@ from typing import Any, Sequence
 
 import pyarrow as pa
 
-from bestofl import pool, storage
+from bestofl import console, pool, storage
 from bestofl.answers import grade
 from bestofl.config import EngineConfig, SampleConfig
 from bestofl.hardware import resolve_dtype
@@ -111,7 +111,8 @@ def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None =
         model=model, dtype=resolve_dtype(e.dtype, on_gpu),
         tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
         enforce_eager=e.enforce_eager if e.enforce_eager is not None else not on_gpu,
-        trust_remote_code=e.trust_remote_code, disable_log_stats=True)
+        trust_remote_code=e.trust_remote_code, disable_log_stats=True,
+        use_tqdm_on_load=console.verbose())  # its weight-loading bar, per engine
     if seed is not None:
         args["seed"] = seed
     if not on_gpu:
