@@ -68,6 +68,7 @@ def _logging_args(local: bool = False) -> dict[str, Any]:
         return {"logging_level": logging.INFO, **runtime_env}
     ray.data.DataContext.get_current().print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress bars stay
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's Serve lines
     return {"logging_level": logging.WARNING, **runtime_env,
             "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 
