@@ -34,7 +34,8 @@ def verbose() -> bool:
 
 def quiet_defaults() -> dict[str, str]:
     """Set the quiet defaults in this process's environment (before the libraries read
-    them) and return the env_vars a Ray job's workers should get; {} under --verbose."""
+    them) and return the env_vars a Ray job's workers should get; under --verbose, only
+    the switch itself, so workers are verbose too."""
     if verbose():
         return {VERBOSE_ENV: os.environ[VERBOSE_ENV]}  # workers follow the driver
     env = {key: os.environ.setdefault(key, value) for key, value in QUIET_ENV.items()}
