@@ -9,9 +9,9 @@ import os
 import sys
 from typing import Sequence
 
+from bestofl import console
 from bestofl.commands import COMMANDS, check_args, parse_args
-
-VERBOSE_ENV = "BESTOFL_VERBOSE"  # read by ray_runtime.init_ray (not imported here: no Ray for --help)
+from bestofl.submit import auth_headers
 
 
 def _usage() -> str:
@@ -42,7 +42,14 @@ def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:
         argv = [a for a in argv if a != "--verbose"]
-        os.environ[VERBOSE_ENV] = "1"
+        os.environ[console.VERBOSE_ENV] = "1"
+    console.quiet_defaults()  # before any library reads its switches
+    if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and auth_headers():
+        # Ray turns token auth on by itself where a token exists, but only after it read the
+        # mode at import: its agents then run with auth off, and a worker's State API calls
+        # (Ray Train's PlacementGroupCleaner) hang on the GCS until train-rm's shutdown
+        # times out with a traceback. Said before Ray loads, every process agrees.
+        os.environ["RAY_AUTH_MODE"] = "token"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0

@@ -12,6 +12,7 @@ import concurrent.futures
 import contextlib
 from typing import Any
 
+from bestofl import console
 from bestofl.config import EngineConfig
 from bestofl.hardware import resolve_dtype
 from bestofl.prompts import prompt_text
@@ -33,7 +34,8 @@ def engine_args(model: str, e: EngineConfig, num_gpus: float, seed: int | None =
         model=model, dtype=resolve_dtype(e.dtype, on_gpu),
         tensor_parallel_size=e.tensor_parallel_size, max_model_len=e.max_model_len,
         enforce_eager=e.enforce_eager if e.enforce_eager is not None else not on_gpu,
-        trust_remote_code=e.trust_remote_code, disable_log_stats=True)
+        trust_remote_code=e.trust_remote_code, disable_log_stats=True,
+        use_tqdm_on_load=console.verbose())  # its weight-loading bar, per engine
     if seed is not None:
         args["seed"] = seed
     if not on_gpu:

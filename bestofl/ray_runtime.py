@@ -1,13 +1,16 @@
 """Join or start Ray the same way in every pipeline."""
 from __future__ import annotations
 
+import json
 import logging
 import os
 import sys
 from typing import Any
 
 import ray
+from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
+from bestofl import console
 from bestofl.config import RayConfig
 
 LOCAL = "local"
@@ -44,28 +47,29 @@ def cluster_address(address: str | None) -> tuple[str | None, str]:
 
 
 
-VERBOSE_ENV = "BESTOFL_VERBOSE"  # set by `bestofl --verbose`: Ray's own logs come back
+# A local instance is one node that nothing drains: Ray Train's preemption watcher has no
+# work there, and its start logs Ray core's false alarm about restartable actors whose
+# constructor arguments are in the object store (ray-project/ray#57733).
+LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
 
 
-QUIET_ENV = {"VLLM_LOGGING_LEVEL": "ERROR", "TORCH_CPP_LOG_LEVEL": "ERROR",
-             "PYTHONWARNINGS": "ignore::FutureWarning,ignore::DeprecationWarning",
-             # Ray Train routes a worker's print through a logger that echoes it twice
-             "RAY_TRAIN_ENABLE_PRINT_PATCH": "0"}
-
-
-def _logging_args() -> dict[str, Any]:
+def _logging_args(local: bool = False) -> dict[str, Any]:
     """Ray's start-up lines and its workers' warnings (e.g. Ray Train's repeated "Failed to
     query Ray Train Controller actor state" without a dashboard) stay out of the default
-    output; errors, our own prints and progress bars still show."""
-    if os.environ.get(VERBOSE_ENV):
-        return {"logging_level": logging.INFO}
+    output; errors, our own prints and progress bars still show. The quiet defaults reach
+    every worker of the job through its runtime_env, on a local instance or a cluster."""
+    env = {**console.quiet_defaults(), **(LOCAL_ENV if local else {})}
+    job = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)  # inside a Ray job: its env_vars win
+    if job:
+        job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
+        env = {k: v for k, v in env.items() if k not in job_env}
+    runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+    if console.verbose():
+        return {"logging_level": logging.INFO, **runtime_env}
     ray.data.DataContext.get_current().print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress bars stay
-    # A local instance's processes inherit these: vLLM's per-weight and platform
-    # warnings, torch's C++ notes, library deprecation notices.
-    for key, value in QUIET_ENV.items():
-        os.environ.setdefault(key, value)
-    return {"logging_level": logging.WARNING,
+    logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's Serve lines
+    return {"logging_level": logging.WARNING, **runtime_env,
             "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 
 
@@ -74,7 +78,13 @@ def train_logging() -> Any:
     reported result) at WARNING by default; the training loop's own prints still show."""
     import ray.train
 
-    return ray.train.LoggingConfig(log_level="INFO" if os.environ.get(VERBOSE_ENV) else "WARNING")
+    return ray.train.LoggingConfig(log_level="INFO" if console.verbose() else "WARNING")
+
+
+def serve_logging() -> dict[str, str]:
+    """Ray Serve's controller, proxy and replica logs (start-up, every request) at WARNING
+    by default: `bestofl serve` prints the one line that says where it listens."""
+    return {"log_level": "INFO" if console.verbose() else "WARNING"}
 
 
 def init_ray(cfg: RayConfig) -> None:
@@ -109,7 +119,7 @@ def init_ray(cfg: RayConfig) -> None:
         # address="local": a new instance even where another user's `ray start` cluster runs here.
         ray.init(address=LOCAL, num_cpus=cfg.num_cpus,
                  object_store_memory=cfg.object_store_memory, include_dashboard=False,
-                 **_logging_args())
+                 **_logging_args(local=True))
         print(f"bestofl: started a local Ray instance ({why}): "
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
 

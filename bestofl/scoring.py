@@ -55,6 +55,13 @@ def needs_score(table: pa.Table) -> np.ndarray:
     return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
 
 
+def write_part(batch: pa.Table, output: str) -> pa.Table:
+    """Ray Data task: one scored batch as its own pool part; one row back, for the driver's
+    progress bar."""
+    pool.write_pool(batch, output)
+    return pa.table({"rows": [batch.num_rows]})
+
+
 class PoolScorer:
     """Ray Data actor: holds the reward model and adds `score` to pool batches."""
 

@@ -6,9 +6,14 @@ offline. The package is located without importing it: it imports `llm`, which we
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.util
+import io
 import shutil
+import sys
 from pathlib import Path
+
+from bestofl import console
 
 GGUF_NAME = "SmolLM2-135M-Instruct.Q4_1.gguf"
 
@@ -55,9 +60,17 @@ def smollm2_checkpoint(cache_dir: str | Path, num_layers: int | None = None) -> 
     else:
         gguf = gguf_path()
         print(f"[bestofl] converting {gguf.name} to a Hugging Face folder at {out} (once)")
-        tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
-        model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
-                                                     dtype=torch.bfloat16)
+        # transformers draws its GGUF de-quantizing bar with plain tqdm, which no switch turns
+        # off: the line above says what happens; the bar shows again under --verbose.
+        held = io.StringIO()  # written out after all if the conversion fails
+        try:
+            with contextlib.nullcontext() if console.verbose() else contextlib.redirect_stderr(held):
+                tokenizer = AutoTokenizer.from_pretrained(gguf.parent, gguf_file=gguf.name)
+                model = AutoModelForCausalLM.from_pretrained(gguf.parent, gguf_file=gguf.name,
+                                                             dtype=torch.bfloat16)
+        except BaseException:
+            sys.stderr.write(held.getvalue())
+            raise
         # Weights are plain tensors after loading; only the config still claims GGUF.
         if getattr(model, "hf_quantizer", None) is not None:
             model.hf_quantizer.remove_quantization_config(model)

@@ -15,7 +15,7 @@ from ray.serve.handle import DeploymentHandle
 from bestofl import engine, models, preflight
 from bestofl.config import ServeConfig
 from bestofl.plan import command_main
-from bestofl.ray_runtime import init_ray
+from bestofl.ray_runtime import init_ray, serve_logging
 from bestofl.serving import PROXY_CHECK_ENV, build_app
 
 APP_NAME = "bestofl"
@@ -27,9 +27,9 @@ def run(cfg: ServeConfig, block: bool = True) -> DeploymentHandle:
     check(cfg)
     preflight.require(cfg)  # fails in seconds where Ray would wait forever
     init_ray(cfg.ray)
-    serve.start(http_options={"host": cfg.host, "port": cfg.port},
+    serve.start(http_options={"host": cfg.host, "port": cfg.port}, logging_config=serve_logging(),
                 controller_options={"runtime_env": {"env_vars": PROXY_CHECK_ENV}})
-    handle = serve.run(build_app(cfg), name=APP_NAME, route_prefix="/")
+    handle = serve.run(build_app(cfg), name=APP_NAME, route_prefix="/", logging_config=serve_logging())
     if cfg.host not in ("127.0.0.1", "localhost", "::1") and cfg.token is None:
         print(f"bestofl serve: warning: listening on {cfg.host} without a token", file=sys.stderr)
     print(f"bestofl serve: http://{cfg.host}:{cfg.port}/select  (docs: /docs, selector "

@@ -243,18 +243,31 @@ def test_registry_is_one_and_has_no_import_circle():
 
 
 def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monkeypatch):
-    """`--verbose` is the CLI's own switch: the command never sees it, init_ray reads it."""
-    from bestofl import ray_runtime
+    """`--verbose` is the CLI's own switch: the command never sees it, init_ray reads it.
+    Quiet by default: the libraries' switches are set here and for every Ray worker."""
+    from bestofl import console, ray_runtime
 
-    monkeypatch.delenv(ray_runtime.VERBOSE_ENV, raising=False)
-    for key in ray_runtime.QUIET_ENV:  # the quiet mode sets them
+    monkeypatch.delenv(console.VERBOSE_ENV, raising=False)
+    for key in {**console.QUIET_ENV, **console.WORKER_ENV}:  # the quiet mode sets them
         monkeypatch.delenv(key, raising=False)
-    assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}", "--verbose"]) == 0
-    assert os.environ.get(ray_runtime.VERBOSE_ENV) == "1" == os.environ[cli.VERBOSE_ENV]
-    assert (tmp_path / "lm" / "config.json").exists()
-    assert "logging_config" not in ray_runtime._logging_args()
-    monkeypatch.delenv(ray_runtime.VERBOSE_ENV)
-    assert ray_runtime._logging_args()["logging_config"].log_level == "ERROR"
+    monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")  # a user's own setting wins
+    assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}"]) == 0
+    assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR" and "RAY_DATA_LOG_LEVEL" not in os.environ
+    args = ray_runtime._logging_args()
+    assert args["logging_config"].log_level == "ERROR"
+    workers = args["runtime_env"]["env_vars"]
+    assert workers["RAY_DATA_LOG_LEVEL"] == "ERROR" and workers["VLLM_LOGGING_LEVEL"] == "INFO"
+    # Only a local instance, which nothing drains, turns Ray Train's preemption watcher off.
+    assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in workers
+    local = ray_runtime._logging_args(local=True)["runtime_env"]["env_vars"]
+    assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
+
+    assert cli.main(["tiny-model", f"output={tmp_path / 'lm2'}", "--verbose"]) == 0
+    assert os.environ.get(console.VERBOSE_ENV) == "1"
+    assert (tmp_path / "lm2" / "config.json").exists()
+    args = ray_runtime._logging_args()
+    assert "logging_config" not in args  # Ray's own logs, and workers follow the driver
+    assert args["runtime_env"]["env_vars"] == {console.VERBOSE_ENV: "1"}
 
 
 def test_help_and_config_errors_answer_before_torch_is_imported():

@@ -183,9 +183,10 @@ def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
 
 
 def test_reward_model_from_s3(ray_cluster, s3_server, tiny_rm, source, expected, tmp_path,
-                              monkeypatch):
+                              monkeypatch, capsys):
     """model=s3://...: the driver checks it and each actor copies it (safetensors only)
-    into its node's cache; the scores are the local folder's."""
+    into its node's cache; the scores are the local folder's. The driver's bar counts the
+    rows as the writer tasks finish them, with a rate."""
     import pyarrow.fs as pafs
 
     from bestofl.models import CACHE_ENV
@@ -204,6 +205,8 @@ def test_reward_model_from_s3(ray_cluster, s3_server, tiny_rm, source, expected,
     for key, value in expected.items():
         assert (got[key] is None) if value is None else got[key] == pytest.approx(value, abs=1e-4)
     assert len(os.listdir(tmp_path / "cache")) == 2  # one copy (and its lock) for both actors
+    bar = capsys.readouterr().err.rsplit("\r", 1)[-1]
+    assert "scored: 100%" in bar and f"{len(expected)}/{len(expected)}" in bar and "row/s" in bar, bar
 
 
 def test_sort_by_length_drops_done_rows_and_groups_lengths(source):
