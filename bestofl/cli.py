@@ -7,9 +7,9 @@ from __future__ import annotations
 
 import os
 import sys
-from typing import Sequence
+from typing import Any, Sequence
 
-from bestofl import console
+from bestofl import console, ray_runtime
 from bestofl.commands import COMMANDS, check_args, parse_args
 from bestofl.submit import auth_headers
 
@@ -38,18 +38,24 @@ def tiny_model_main(argv: Sequence[str]) -> int:
     return 0
 
 
+def _fix_auth_mode(cfg: Any) -> None:
+    """Ray turns token auth on by itself where a token exists, but only after it read the
+    mode at import: the local instance's agents then run with auth off, and a worker's State
+    API calls (Ray Train's PlacementGroupCleaner) hang until train-rm's shutdown times out
+    with a traceback. Said before Ray loads, every process of that instance agrees. Only for
+    an instance this command starts: a cluster it joins keeps the mode it runs with."""
+    ray_cfg = getattr(cfg, "ray", None)
+    if (ray_cfg is not None and "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ
+            and auth_headers() and ray_runtime.starts_local(ray_cfg.address)):
+        os.environ["RAY_AUTH_MODE"] = "token"
+
+
 def main(argv: Sequence[str] | None = None) -> int:
     argv = list(sys.argv[1:] if argv is None else argv)
     if "--verbose" in argv:
         argv = [a for a in argv if a != "--verbose"]
         os.environ[console.VERBOSE_ENV] = "1"
     console.quiet_defaults()  # before any library reads its switches
-    if "ray" not in sys.modules and "RAY_AUTH_MODE" not in os.environ and auth_headers():
-        # Ray turns token auth on by itself where a token exists, but only after it read the
-        # mode at import: its agents then run with auth off, and a worker's State API calls
-        # (Ray Train's PlacementGroupCleaner) hang on the GCS until train-rm's shutdown
-        # times out with a traceback. Said before Ray loads, every process agrees.
-        os.environ["RAY_AUTH_MODE"] = "token"
     if not argv or argv[0] in ("-h", "--help", "help"):
         print(_usage())
         return 0
@@ -58,7 +64,7 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"bestofl: unknown command {command!r}\n\n{_usage()}", file=sys.stderr)
         return 2
     try:
-        check_args(command, rest)
+        _fix_auth_mode(check_args(command, rest))
         return COMMANDS[command].main()(rest) or 0
     except (ValueError, FileNotFoundError, FileExistsError, PermissionError) as e:
         # User errors (config, input files, finished outputs) read better without a traceback.

@@ -70,15 +70,17 @@ def key_value_args(command: str, argv: Sequence[str]) -> list[str]:
     return [f"{k}={v}" for k, v in zip(names, positional)] + out
 
 
-def check_args(command: str, argv: Sequence[str]) -> None:
+def check_args(command: str, argv: Sequence[str]) -> Any:
     """Answer --help and refuse a bad config from the config module alone, before the
-    command's module (torch, transformers, vLLM: seconds to import) is loaded."""
+    command's module (torch, transformers, vLLM: seconds to import) is loaded; returns the
+    config (None for a command that parses its own arguments)."""
     from bestofl.config import command_parser, load_config
 
     spec = COMMANDS[command]
-    if spec.config is not None:
-        args = command_parser(spec.config, spec.dry_run).parse_args(key_value_args(command, argv))
-        load_config(spec.config, args.config, args.overrides)
+    if spec.config is None:
+        return None
+    args = command_parser(spec.config, spec.dry_run).parse_args(key_value_args(command, argv))
+    return load_config(spec.config, args.config, args.overrides)
 
 
 def parse_args(command: str, argv: Sequence[str]) -> Any:

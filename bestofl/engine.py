@@ -8,6 +8,7 @@ outputs out, health, and a shutdown that stops its parts in order.
 from __future__ import annotations
 
 import asyncio
+import atexit
 import concurrent.futures
 import contextlib
 from typing import Any
@@ -104,6 +105,10 @@ class VllmEngine:
         self.tokenizer = llm.get_tokenizer()
         self.max_model_len: int = llm.model_config.max_model_len
         self.requests_sent = 0
+        # A process that exits with the engine still open (an actor Ray ends without
+        # dropping it first) closes it here: atexit runs this before multiprocessing's own
+        # hook (registered earlier) terminates the engine core under the output handler.
+        atexit.register(self.close)
 
     @classmethod
     def start(cls, args: dict[str, Any], offline_batch: bool = False) -> "VllmEngine":
@@ -158,6 +163,7 @@ class VllmEngine:
         llm, self.llm = self.llm, None
         if llm is None:
             return
+        atexit.unregister(self.close)
         handler = getattr(llm, "output_handler", None)
         if handler is not None and not handler.done():
             loop = handler.get_loop()

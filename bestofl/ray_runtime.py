@@ -5,16 +5,40 @@ import json
 import logging
 import os
 import sys
+import tempfile
 from typing import Any
-
-import ray
-from ray._private.runtime_env.constants import RAY_JOB_CONFIG_JSON_ENV_VAR
 
 from bestofl import console
 from bestofl.config import RayConfig
 
 LOCAL = "local"
 THIS_NODE = "the cluster running on this node"
+RAY_JOB_CONFIG = "RAY_JOB_CONFIG_JSON_ENV_VAR"  # what Ray sets inside a job (no Ray import here)
+
+
+def _given_address(address: str | None) -> tuple[str | None, str] | None:
+    """What `ray.address` or RAY_ADDRESS say, if either says anything."""
+    if address == LOCAL:
+        return None, "ray.address=local"
+    if address:
+        return address, "ray.address"
+    env = os.environ.get("RAY_ADDRESS")
+    if env == LOCAL:
+        return None, "RAY_ADDRESS=local"
+    if env:
+        return env, "RAY_ADDRESS"
+    return None
+
+
+def starts_local(address: str | None) -> bool:
+    """Whether `init_ray` will start a private instance, told without importing Ray (the CLI
+    fixes Ray's auth mode by it); a cluster record on this node counts as a cluster."""
+    given = _given_address(address)
+    if given is not None:
+        return given[0] is None
+    record = os.path.join(os.environ.get("RAY_TMPDIR") or tempfile.gettempdir(), "ray",
+                          "ray_current_cluster")
+    return not os.path.exists(record)
 
 
 def cluster_address(address: str | None) -> tuple[str | None, str]:
@@ -25,15 +49,9 @@ def cluster_address(address: str | None) -> tuple[str | None, str]:
     record whose cluster is gone is ignored, where `ray.init()` would fail on it.
     "local" always means a new private instance.
     """
-    if address == LOCAL:
-        return None, "ray.address=local"
-    if address:
-        return address, "ray.address"
-    env = os.environ.get("RAY_ADDRESS")
-    if env == LOCAL:
-        return None, "RAY_ADDRESS=local"
-    if env:
-        return env, "RAY_ADDRESS"
+    given = _given_address(address)
+    if given is not None:
+        return given
     from ray._common.utils import get_ray_address_file
     from ray._private import services
 
@@ -58,8 +76,10 @@ def _logging_args(local: bool = False) -> dict[str, Any]:
     query Ray Train Controller actor state" without a dashboard) stay out of the default
     output; errors, our own prints and progress bars still show. The quiet defaults reach
     every worker of the job through its runtime_env, on a local instance or a cluster."""
+    import ray
+
     env = {**console.quiet_defaults(), **(LOCAL_ENV if local else {})}
-    job = os.environ.get(RAY_JOB_CONFIG_JSON_ENV_VAR)  # inside a Ray job: its env_vars win
+    job = os.environ.get(RAY_JOB_CONFIG)  # inside a Ray job: its env_vars win
     if job:
         job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
         env = {k: v for k, v in env.items() if k not in job_env}
@@ -95,6 +115,8 @@ def init_ray(cfg: RayConfig) -> None:
     Explicit ones matter on a small box, where the defaults hang a Data pipeline with an
     actor plus a task and reserve most of the RAM for the object store.
     """
+    import ray
+
     if ray.is_initialized():
         return
     address, why = cluster_address(cfg.address)
@@ -126,6 +148,8 @@ def init_ray(cfg: RayConfig) -> None:
 
 def _refused_for_auth(error: BaseException | None) -> bool:
     """Ray wraps the GCS's AuthenticationError, sometimes only as text in a RuntimeError."""
+    import ray
+
     while error is not None:
         if isinstance(error, ray.exceptions.AuthenticationError) or "InvalidAuthToken" in str(error):
             return True

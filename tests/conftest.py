@@ -38,6 +38,18 @@ SHARED_DATA = ROOT.parent / "shared" / "data"
 MB = 2**20
 
 
+@pytest.fixture(autouse=True)
+def _environment_restored():
+    """`cli.main` sets process-wide switches (the quiet defaults, --verbose, RAY_AUTH_MODE):
+    a test that calls it in this process must not change what later tests, and the commands
+    they start, see. Session fixtures (set up before this one) keep what they set."""
+    saved = dict(os.environ)
+    yield
+    if os.environ != saved:
+        os.environ.clear()
+        os.environ.update(saved)
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

@@ -117,6 +117,9 @@ class FaultyEngine:
     def get_tokenizer(self):
         return self.tokenizer
 
+    def shutdown(self):
+        pass
+
     async def generate(self, prompt, params, request_id):
         if params.seed in self.fail:
             raise self.fail[params.seed]
