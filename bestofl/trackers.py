@@ -29,6 +29,22 @@ def check_tracker(tracker: Optional[str]) -> None:
     if importlib.util.find_spec(TRACKERS[tracker]) is None:
         raise ValueError(f"tracker={tracker} needs the {TRACKERS[tracker]} package: "
                          f"pip install {TRACKERS[tracker]} (or set tracker=null)")
+    if tracker == "mlflow":
+        _check_mlflow_store()
+
+
+def _check_mlflow_store() -> None:
+    """Open MLflow's tracking store here, so that one MLflow refuses (MLflow 3's file store
+    without MLFLOW_ALLOW_FILE_STORE, sqlite without sqlalchemy) fails before any work."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, ImportError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"tracker=mlflow cannot use the tracking store "
+                         f"{mlflow.get_tracking_uri()} (MLFLOW_TRACKING_URI): {first}") from None
 
 
 def mlflow_worker_env() -> dict[str, str]:

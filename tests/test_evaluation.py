@@ -435,10 +435,18 @@ def test_headline_numbers_go_to_mlflow(pool_rows, tmp_path, monkeypatch):
     assert artifacts
 
 
-def test_tracker_needs_its_package(pool_rows, tmp_path):
+def test_tracker_needs_its_package_and_store(pool_rows, tmp_path, monkeypatch):
     write_pool(to_table(pool_rows), str(tmp_path / "pool"))
     with pytest.raises(ConfigError, match="tracker"):
         cfg_for(tracker="neptune")
+    # MLflow 3 refuses a file store without its opt-in: said before any work.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
+                                         f"output={tmp_path / 'r'}", "tracker=mlflow"])
+    with pytest.raises(ValueError, match="MLFLOW_ALLOW_FILE_STORE"):
+        run(cfg)
+    assert not (tmp_path / "r").exists()
     if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so first
         cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
                                              f"output={tmp_path / 'r'}", "tracker=wandb"])
