@@ -12,8 +12,6 @@ import re
 import tempfile
 from typing import Any, Optional
 
-from bestofl import storage
-
 TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the package it needs
 # The MLflow settings a Ray Train worker needs to write where the driver would: a worker
 # does not see the environment of the command that started the job.
@@ -61,7 +59,8 @@ def mlflow_worker_env() -> dict[str, str]:
 def _absolute(uri: str) -> str:
     if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
         return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
-    if re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", uri) and not uri.startswith("file:"):
+    scheme = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", uri)
+    if uri == "databricks" or (scheme and not uri.startswith("file:")):
         return uri  # a server, a database, databricks: not a path
     path = re.sub(r"^file:(//)?", "", uri)
     return "file://" + os.path.abspath(path)
@@ -80,6 +79,8 @@ def log_report(report: dict[str, Any], folder: str, tracker: str, project: str,
         by_budget.setdefault(r["budget"], {})[key] = r["accuracy"]
     params = {k: report["config"][k] for k in ("input", "selectors", "allocation",
                                                 "budget_unit", "score_provenance", "seed")}
+    from bestofl import storage  # not at the top: the config schema imports this module
+
     with tempfile.TemporaryDirectory() as local:  # the report folder may be a URI
         files = []
         for name in ("report.json", "report.html"):

@@ -265,6 +265,22 @@ def test_mlflow_holds_the_metrics_of_both_attempts(zero2_run):
                                         if m["step"] in redone}), key
 
 
+@pytest.mark.parametrize("uri, absolute", [
+    ("mlruns", "file://{cwd}/mlruns"), ("file:./runs/mlruns", "file://{cwd}/runs/mlruns"),
+    ("file:///abs/mlruns", "file:///abs/mlruns"), ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"), ("databricks", "databricks")])
+def test_workers_get_the_drivers_mlflow_store(uri, absolute, tmp_path, monkeypatch):
+    """A Ray Train worker runs in its own folder without the command's environment: it gets
+    the store MLflow resolves in the driver, a local path made absolute."""
+    from bestofl.trackers import mlflow_worker_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert mlflow_worker_env() == {"MLFLOW_TRACKING_URI": absolute.format(cwd=tmp_path),
+                                   "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
 def test_planted_pickle_in_a_checkpoint_is_refused(zero2_run):
     out, _, _, interrupted, _, tampered = zero2_run
     assert not tampered["marker"]  # its code never ran
