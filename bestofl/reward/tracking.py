@@ -24,6 +24,8 @@ if TYPE_CHECKING:
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
+
+
 def log_line(metrics: dict[str, Any], eta_s: Optional[float] = None) -> str:
     fold = f"fold {metrics['fold']} " if metrics.get("fold") is not None else ""
     line = (f"[train-rm] {fold}step {metrics['step']}/{metrics['total_steps']} "
