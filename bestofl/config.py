@@ -19,6 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bestofl.prompts import STYLES
+from bestofl.trackers import TRACKERS
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -127,6 +128,11 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
                     _check_value(f"{key}.{k}", v, NON_NEGATIVE)
         else:
             _check_value(key, value, value_range(key, f))
+
+
+def _check_tracker_name(tracker: Optional[str]) -> None:
+    if tracker is not None and tracker not in TRACKERS:
+        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -354,8 +360,7 @@ class TrainRMConfig:
             raise ValueError(f"max_pairs must be >= 1 or null, got {self.max_pairs}")
         if self.num_to_keep < 1:
             raise ValueError(f"num_to_keep must be >= 1, got {self.num_to_keep}")
-        if self.tracker not in (None, "mlflow", "wandb"):
-            raise ValueError(f"tracker must be null, mlflow or wandb, got {self.tracker!r}")
+        _check_tracker_name(self.tracker)
 
 
 @dataclass
@@ -410,6 +415,8 @@ class EvaluateConfig:
     plots: bool = MISSING
     overwrite: bool = MISSING
     score_provenance: Optional[str] = MISSING  # cross_fit | held_out | in_sample; null: the pool's record, else unknown (warns)
+    tracker: Optional[str] = MISSING  # null | mlflow | wandb: the headline numbers go there too
+    tracker_project: str = MISSING  # MLflow experiment / W&B project
 
     def check(self) -> None:
         from bestofl.selection import SELECTORS
@@ -438,6 +445,7 @@ class EvaluateConfig:
                              f"{self.bootstrap} and {self.monte_carlo}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
+        _check_tracker_name(self.tracker)
 
 
 @dataclass

@@ -6,6 +6,7 @@ job entrypoint it runs on the head node and reads the pool from any pyarrow URI.
 from __future__ import annotations
 
 import json
+import os
 import sys
 from typing import Any, Sequence
 
@@ -14,12 +15,14 @@ from bestofl.config import EvaluateConfig, parse_command_line
 from bestofl.evaluation import evaluate, load_rm_info
 from bestofl.pool import read_pool
 from bestofl.report import summary, write_report
+from bestofl.trackers import check_tracker, log_report
 
 
 def run(cfg: EvaluateConfig) -> dict[str, Any]:
     # Everything that can fail on user input fails before the output folder is touched;
     # a finished report is replaced only after the new one is computed.
     storage.check_output_apart(cfg.output, [cfg.input, cfg.rm_stats])
+    check_tracker(cfg.tracker)
     if storage.is_finished(cfg.output) and not cfg.overwrite:
         raise storage.OutputExistsError(
             f"{cfg.output} already holds a finished result; pass overwrite=true to replace it")
@@ -32,6 +35,9 @@ def run(cfg: EvaluateConfig) -> dict[str, Any]:
     report = write_report(cfg.output, ev, cfg)
     storage.save_config(cfg.output, cfg)
     storage.mark_finished(cfg.output, {"results": len(ev.results), "notices": ev.notices})
+    if cfg.tracker:
+        log_report(report, cfg.output, cfg.tracker, cfg.tracker_project,
+                   run_name=os.path.basename(cfg.output.rstrip("/")))
     for notice in ev.notices:
         print(f"notice: {notice}", file=sys.stderr)
     print(summary(ev))

@@ -1,6 +1,7 @@
 """Budgets, allocation, mono vs cross bookkeeping, errors, and the `evaluate` report."""
 from __future__ import annotations
 
+import importlib.util
 import json
 import random
 
@@ -395,6 +396,63 @@ def test_scored_pool_records_its_provenance(pool_rows, tmp_path):
     report = run(cfg)
     assert report["config"]["score_provenance"] == "cross_fit"
     assert "WARNING: score_provenance" not in (tmp_path / "r" / "report.md").read_text()
+
+
+def test_headline_numbers_go_to_mlflow(pool_rows, tmp_path, monkeypatch):
+    """tracker=mlflow with a local file store: one run holding, per budget (the step), each
+    selector's mean cross - mono difference and every accuracy, plus the report files."""
+    from mlflow import MlflowClient
+
+    store = tmp_path / "mlruns"
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{store}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this opt-in
+    write_pool(to_table(pool_rows), str(tmp_path / "pool"))
+    cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}", f"output={tmp_path / 'r'}",
+                                         "bootstrap=0", "monte_carlo=5", "plots=false",
+                                         "tracker=mlflow", "tracker_project=evals"])
+    report = run(cfg)
+    client = MlflowClient(f"file:{store}")
+    [logged] = client.search_runs([client.get_experiment_by_name("evals").experiment_id])
+    assert logged.info.run_name == "r" and logged.info.status == "FINISHED"
+    assert logged.data.params["selectors"] == str(cfg.selectors)
+
+    def history(key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(logged.info.run_id, key)}
+
+    assert report["mean_differences"]
+    for sel in {d["selector"] for d in report["mean_differences"]}:
+        assert history(f"cross_minus_mono/{sel}") == pytest.approx(
+            {d["budget"]: d["diff"] for d in report["mean_differences"] if d["selector"] == sel})
+    for r in report["results"]:
+        key = f"accuracy/{r['pool']}/{r['selector']}/{r['target_lang']}"
+        assert history(key)[r["budget"]] == pytest.approx(r["accuracy"])
+    assert len(logged.data.metrics) == len({(r["pool"], r["selector"], r["target_lang"])
+                                            for r in report["results"]}) + len(
+        {d["selector"] for d in report["mean_differences"]})
+    artifacts = client.download_artifacts(logged.info.run_id, "", str(tmp_path / "back"))
+    for name in ("report.json", "report.html"):
+        assert (tmp_path / "back" / name).read_text() == (tmp_path / "r" / name).read_text()
+    assert artifacts
+
+
+def test_tracker_needs_its_package_and_store(pool_rows, tmp_path, monkeypatch):
+    write_pool(to_table(pool_rows), str(tmp_path / "pool"))
+    with pytest.raises(ConfigError, match="tracker"):
+        cfg_for(tracker="neptune")
+    # MLflow 3 refuses a file store without its opt-in: said before any work.
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.delenv("MLFLOW_ALLOW_FILE_STORE", raising=False)
+    cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
+                                         f"output={tmp_path / 'r'}", "tracker=mlflow"])
+    with pytest.raises(ValueError, match="MLFLOW_ALLOW_FILE_STORE"):
+        run(cfg)
+    assert not (tmp_path / "r").exists()
+    if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so first
+        cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
+                                             f"output={tmp_path / 'r'}", "tracker=wandb"])
+        with pytest.raises(ValueError, match="pip install wandb"):
+            run(cfg)
+        assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------ intervals

@@ -144,7 +144,8 @@ def pool_dir(shared_data, tmp_path_factory):
 @pytest.fixture(scope="module")
 def zero2_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
     """Pairwise, ZeRO-2, one worker per simulated node: a worker killed after the step-8
-    checkpoint; a rerun with a planted pickle in it (refused); a rerun that resumes."""
+    checkpoint; a rerun with a planted pickle in it (refused); a rerun that resumes.
+    Metrics also go to MLflow, a local file store in `mlflow_store(out)`."""
     from pipelines.train_rm import run
 
     out = tmp_path_factory.mktemp("rm") / "zero2"
@@ -152,7 +153,18 @@ def zero2_run(ray_cluster, tiny_rm, pool_dir, tmp_path_factory):
         f"input={pool_dir}", f"model={tiny_rm}", f"output={out}", *COMMON,
         "objective=pairwise", "pair_scope=both", "epochs=2", "val_fraction=0.25",
         "log_every=4", "save_every=8", "eval_every=0", "resources_per_worker={sim_node: 1}",
-        "deepspeed.zero_stage=2"])
+        "deepspeed.zero_stage=2", "tracker=mlflow", "tracker_project=rm-tests"])
+    with pytest.MonkeyPatch.context() as env:  # as a user sets them; the workers never see it
+        env.setenv("MLFLOW_TRACKING_URI", f"file:{mlflow_store(out)}")
+        env.setenv("MLFLOW_ALLOW_FILE_STORE", "true")  # MLflow 3 asks for this opt-in
+        return _zero2_runs(run, cfg, out)
+
+
+def mlflow_store(out):
+    return out.parent / "mlruns"
+
+
+def _zero2_runs(run, cfg, out):
     checkpoint_step = run_killed(cfg, out / "ray", out)
     interrupted = metrics_lines(out)
 
@@ -212,6 +224,61 @@ def test_resume_continues_from_checkpoint(zero2_run):
     assert [m["step"] for m in lines] == list(range(4, lines[-1]["total_steps"] + 1, 4))
     assert_resumed(lines, interrupted, checkpoint_step)
     assert storage.is_finished(str(out)) and not (out / "ray").exists()
+
+
+def test_mlflow_holds_the_metrics_of_both_attempts(zero2_run):
+    """The killed run and the resumed one are two MLflow runs of one experiment (setup_mlflow
+    starts a run per attempt); the resumed one is tagged with its checkpoint's step, and
+    together they hold metrics.jsonl's numbers at each step (the killed one also holds the
+    steps after its checkpoint that the resumed one redid, up to where it was killed)."""
+    from mlflow import MlflowClient
+
+    out, cfg, _, interrupted, checkpoint_step, _ = zero2_run
+    client = MlflowClient(f"file:{mlflow_store(out)}")
+    experiment = client.get_experiment_by_name(cfg.tracker_project)
+    killed, resumed = sorted(client.search_runs([experiment.experiment_id]),
+                             key=lambda r: r.info.start_time)  # no run for the refused rerun
+    assert killed.info.run_name == resumed.info.run_name == "zero2"
+    assert killed.data.tags["resumed_from"] == "0"
+    assert resumed.data.tags["resumed_from"] == str(checkpoint_step)
+    assert resumed.info.status == "FINISHED"
+    for logged in (killed, resumed):
+        assert logged.data.params["objective"] == "pairwise"
+        assert logged.data.params["zero_stage"] == "2"
+        assert float(logged.data.params["lr"]) == cfg.lr
+
+    def history(logged, key: str) -> dict[int, float]:
+        return {m.step: m.value for m in client.get_metric_history(logged.info.run_id, key)}
+
+    lines = metrics_lines(out)
+    for key in ("loss", "lr", "val_loss", "val_pair_acc"):
+        expected = {m["step"]: m[key] for m in lines if key in m}
+        before = {k: v for k, v in expected.items() if k <= checkpoint_step}
+        after = {k: v for k, v in expected.items() if k > checkpoint_step}
+        assert history(resumed, key) == pytest.approx(after), key
+        from_killed = history(killed, key)
+        assert {k: v for k, v in from_killed.items() if k <= checkpoint_step} == \
+            pytest.approx(before), key
+        # The kill may land between metrics.jsonl's write and MLflow's: a subset.
+        redone = {k: v for k, v in from_killed.items() if k > checkpoint_step}
+        assert redone == pytest.approx({m["step"]: m[key] for m in interrupted
+                                        if m["step"] in redone}), key
+
+
+@pytest.mark.parametrize("uri, absolute", [
+    ("mlruns", "file://{cwd}/mlruns"), ("file:./runs/mlruns", "file://{cwd}/runs/mlruns"),
+    ("file:///abs/mlruns", "file:///abs/mlruns"), ("sqlite:///mlflow.db", "sqlite:///{cwd}/mlflow.db"),
+    ("http://127.0.0.1:5000", "http://127.0.0.1:5000"), ("databricks", "databricks")])
+def test_workers_get_the_drivers_mlflow_store(uri, absolute, tmp_path, monkeypatch):
+    """A Ray Train worker runs in its own folder without the command's environment: it gets
+    the store MLflow resolves in the driver, a local path made absolute."""
+    from bestofl.trackers import mlflow_worker_env
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    assert mlflow_worker_env() == {"MLFLOW_TRACKING_URI": absolute.format(cwd=tmp_path),
+                                   "MLFLOW_ALLOW_FILE_STORE": "true"}
 
 
 def test_planted_pickle_in_a_checkpoint_is_refused(zero2_run):
@@ -378,9 +445,9 @@ def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
     for key in ("cross_fraction=1.5", "max_pairs=0", "num_to_keep=0", "tracker=neptune"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
             load_config("train_rm", None, [*base, key])
-    if importlib.util.find_spec("mlflow") is None:  # asked for, not installed: say so
-        with pytest.raises(ValueError, match="pip install mlflow"):
-            run(load_config("train_rm", None, [*base, "tracker=mlflow"]))
+    if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so
+        with pytest.raises(ValueError, match="pip install wandb"):
+            run(load_config("train_rm", None, [*base, "tracker=wandb"]))
     assert not (tmp_path / "out").exists()  # nothing written, no Ray started
     # A partial output of another job (here: another seed) is not resumed by this one.
     storage.save_config(str(tmp_path / "out"), load_config("train_rm", None, [*base, "seed=7"]))

@@ -35,7 +35,7 @@ from bestofl import pool, storage
 from bestofl.config import TrainRMConfig
 from bestofl.ray_runtime import train_logging
 from bestofl.reward import RM_INFO_FILE, card, checkpoint, data, training
-from bestofl.reward.tracking import check_tracker
+from bestofl.trackers import check_tracker
 
 POOL_DIR = "pool"
 # A partial output may only be continued by the same job: its checkpoints depend on these.

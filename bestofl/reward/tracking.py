@@ -4,11 +4,10 @@ Rank 0 records each report. The log line carries the rates (examples/s) and the 
 left, so the console shows progress without a bar per worker. TensorBoard event files go
 to `<model folder>/tensorboard/` (tensorboardX, which Ray Train installs); MLflow and
 Weights & Biases go through Ray's own integrations (`ray.air.integrations`) when
-`tracker` asks for them, and need their package installed.
+`tracker` asks for them, and need their package installed (bestofl/trackers.py).
 """
 from __future__ import annotations
 
-import importlib.util
 import json
 import math
 import os
@@ -25,18 +24,6 @@ if TYPE_CHECKING:
 
 METRICS_FILE = "metrics.jsonl"
 TENSORBOARD_DIR = "tensorboard"
-TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the package it needs
-
-
-def check_tracker(tracker: Optional[str]) -> None:
-    """A clear error before any Ray work when the asked-for tracker is not installed."""
-    if tracker is None:
-        return
-    if tracker not in TRACKERS:
-        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
-    if importlib.util.find_spec(TRACKERS[tracker]) is None:
-        raise ValueError(f"tracker={tracker} needs the {TRACKERS[tracker]} package: "
-                         f"pip install {TRACKERS[tracker]} (or set tracker=null)")
 
 
 def log_line(metrics: dict[str, Any], eta_s: Optional[float] = None) -> str:
@@ -140,8 +127,12 @@ class MetricsLog:
         if config.tracker == "mlflow":
             from ray.air.integrations.mlflow import setup_mlflow
 
+            # The driver's MLflow settings (mlflow_worker_env); a resumed run is a new MLflow
+            # run, tagged with the step it resumed from.
+            os.environ.update(config.tracker_env)
             self._tracker = setup_mlflow(config=params, experiment_name=config.tracker_project,
-                                         run_name=run_name, create_experiment_if_not_exists=True)
+                                         run_name=run_name, create_experiment_if_not_exists=True,
+                                         tags={"resumed_from": str(self.resumed_step)})
         else:
             from ray.air.integrations.wandb import setup_wandb
 

@@ -29,7 +29,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 
-from bestofl import storage
+from bestofl import storage, trackers
 from bestofl.config import DeepSpeedConfig, TrainRMConfig
 from bestofl.reward.model import collate, encode, forward_scores, load_reward_model
 from bestofl.reward.tracking import MetricsLog
@@ -69,14 +69,16 @@ class WorkerConfig:
     tensorboard: bool = True
     tracker: Optional[str] = None
     tracker_project: str = "bestofl"
+    tracker_env: dict[str, str] = dataclasses.field(default_factory=dict)  # MLflow settings
 
     @classmethod
     def of(cls, cfg: TrainRMConfig, steps_per_epoch: int, output: str,
            fold: Optional[int]) -> "WorkerConfig":
         shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
                   if hasattr(cfg, f.name)}
+        env = trackers.mlflow_worker_env() if cfg.tracker == "mlflow" else {}
         return cls(**{**shared, "steps_per_epoch": steps_per_epoch, "output": output,
-                      "fold": fold})
+                      "fold": fold, "tracker_env": env})
 
     @property
     def total_steps(self) -> int:

@@ -1,0 +1,108 @@
+"""Experiment trackers (MLflow, Weights & Biases): which one a run asks for, where MLflow
+writes, and the evaluate report's headline numbers sent to it.
+
+Off by default; `tracker=mlflow|wandb` needs that package. The trackers' own settings
+apply (MLFLOW_TRACKING_URI, MLFLOW_ALLOW_FILE_STORE, WANDB_MODE=offline, ...).
+"""
+from __future__ import annotations
+
+import importlib.util
+import os
+import re
+import tempfile
+from typing import Any, Optional
+
+TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the package it needs
+# The MLflow settings a Ray Train worker needs to write where the driver would: a worker
+# does not see the environment of the command that started the job.
+MLFLOW_WORKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+
+
+def check_tracker(tracker: Optional[str]) -> None:
+    """A clear error before any work when the asked-for tracker is unknown or not installed."""
+    if tracker is None:
+        return
+    if tracker not in TRACKERS:
+        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
+    if importlib.util.find_spec(TRACKERS[tracker]) is None:
+        raise ValueError(f"tracker={tracker} needs the {TRACKERS[tracker]} package: "
+                         f"pip install {TRACKERS[tracker]} (or set tracker=null)")
+    if tracker == "mlflow":
+        _check_mlflow_store()
+
+
+def _check_mlflow_store() -> None:
+    """Open MLflow's tracking store here, so that one MLflow refuses (MLflow 3's file store
+    without MLFLOW_ALLOW_FILE_STORE, sqlite without sqlalchemy) fails before any work."""
+    import mlflow
+    from mlflow.exceptions import MlflowException
+
+    try:
+        mlflow.MlflowClient().search_experiments(max_results=1)
+    except (MlflowException, ImportError, OSError) as e:
+        first = str(e).strip().splitlines()[0] if str(e).strip() else type(e).__name__
+        raise ValueError(f"tracker=mlflow cannot use the tracking store "
+                         f"{mlflow.get_tracking_uri()} (MLFLOW_TRACKING_URI): {first}") from None
+
+
+def mlflow_worker_env() -> dict[str, str]:
+    """MLflow's settings as this process sees them, for the training workers: the tracking
+    URI MLflow resolves here (MLFLOW_TRACKING_URI, else its default), a local path made
+    absolute so that it names the same store from a worker's own working folder."""
+    import mlflow
+
+    env = {k: os.environ[k] for k in MLFLOW_WORKER_ENV if k in os.environ}
+    env["MLFLOW_TRACKING_URI"] = _absolute(mlflow.get_tracking_uri())
+    return env
+
+
+def _absolute(uri: str) -> str:
+    if uri.startswith("sqlite:///") and not uri.startswith("sqlite:////"):
+        return "sqlite:///" + os.path.abspath(uri[len("sqlite:///"):])
+    scheme = re.match(r"^[a-zA-Z][a-zA-Z0-9+.-]+:", uri)
+    if uri == "databricks" or (scheme and not uri.startswith("file:")):
+        return uri  # a server, a database, databricks: not a path
+    path = re.sub(r"^file:(//)?", "", uri)
+    return "file://" + os.path.abspath(path)
+
+
+def log_report(report: dict[str, Any], folder: str, tracker: str, project: str,
+               run_name: str) -> None:
+    """One tracker run holding the report's headline numbers, each with step=budget:
+    `cross_minus_mono/<selector>` (the mean paired difference over targets) and
+    `accuracy/<pool>/<selector>/<target>`; report.json and report.html as artifacts."""
+    by_budget: dict[int, dict[str, float]] = {}
+    for d in report["mean_differences"]:
+        by_budget.setdefault(d["budget"], {})[f"cross_minus_mono/{d['selector']}"] = d["diff"]
+    for r in report["results"]:
+        key = f"accuracy/{r['pool']}/{r['selector']}/{r['target_lang']}"
+        by_budget.setdefault(r["budget"], {})[key] = r["accuracy"]
+    params = {k: report["config"][k] for k in ("input", "selectors", "allocation",
+                                                "budget_unit", "score_provenance", "seed")}
+    from bestofl import storage  # not at the top: the config schema imports this module
+
+    with tempfile.TemporaryDirectory() as local:  # the report folder may be a URI
+        files = []
+        for name in ("report.json", "report.html"):
+            files.append(os.path.join(local, name))
+            with open(files[-1], "w") as f:
+                f.write(storage.read_text(storage.join(folder, name)))
+        if tracker == "mlflow":
+            import mlflow
+
+            mlflow.set_experiment(project)
+            with mlflow.start_run(run_name=run_name):
+                mlflow.log_params(params)
+                for budget in sorted(by_budget):
+                    mlflow.log_metrics(by_budget[budget], step=budget)
+                for path in files:
+                    mlflow.log_artifact(path)
+        elif tracker == "wandb":
+            import wandb
+
+            run = wandb.init(project=project, name=run_name, config=params)
+            for budget in sorted(by_budget):  # W&B wants steps in increasing order
+                run.log(by_budget[budget], step=budget)
+            for path in files:
+                run.save(path, base_path=local, policy="now")
+            run.finish()
