@@ -55,17 +55,12 @@ def needs_score(table: pa.Table) -> np.ndarray:
     return pc.fill_null(ok, False).to_numpy(zero_copy_only=False)
 
 
-def write_part(batch: pa.Table, output: str) -> pa.Table:
-    """Ray Data task: one scored batch as its own pool part; one row back, for the driver's
-    progress bar."""
-    pool.write_pool(batch, output)
-    return pa.table({"rows": [batch.num_rows]})
-
-
 class PoolScorer:
-    """Ray Data actor: holds the reward model and adds `score` to pool batches."""
+    """Ray Data actor: holds the reward model, adds `score` to pool batches and writes each
+    as its own part of the output pool (no write stage after it: no task workers to start);
+    a one-row count goes back to the driver."""
 
-    def __init__(self, model: str, dtype: str, max_length: int, batch_size: int,
+    def __init__(self, model: str, dtype: str, max_length: int, batch_size: int, output: str,
                  use_gpu: bool = False, threads: int | None = None,
                  trust_remote_code: bool = False) -> None:
         if threads:
@@ -73,7 +68,7 @@ class PoolScorer:
             torch.set_num_threads(threads)
         self.model, self.tokenizer = load_reward_model(local_model(model), dtype, trust_remote_code)
         self.model.to("cuda" if use_gpu else "cpu").eval()
-        self.max_length, self.batch_size = max_length, batch_size
+        self.max_length, self.batch_size, self.output = max_length, batch_size, output
 
     def __call__(self, batch: pa.Table) -> pa.Table:
         batch = pool.conform(batch)
@@ -85,5 +80,6 @@ class PoolScorer:
         values[idx] = score(self.model, self.tokenizer, [p or "" for p in prompts], responses,
                             self.max_length, self.batch_size)
         column = pa.array(values, type=pa.float64(), mask=~keep)
-        return batch.set_column(batch.schema.get_field_index("score"), "score", column)
+        return pool.write_part(batch.set_column(batch.schema.get_field_index("score"), "score",
+                                                column), self.output)
 

@@ -2,8 +2,8 @@
 
     read_parquet(input) -> sort_by_length (windows, minus rows already in output)
         -> blocks of actors.batch_size rows
-        -> PoolScorer actors (reward model, concurrency = actors.num_actors)
-        -> write_part tasks (pool parts, partitioned by response_lang; the driver counts rows)
+        -> PoolScorer actors (reward model, concurrency = actors.num_actors), each writing
+           its batches as pool parts (partitioned by response_lang); the driver counts rows
 
 Resumable: rerunning into an unfinished output scores only the rows it lacks (by row
 identity). Rows with `error` set or an empty response get score null; a score the input
@@ -62,7 +62,6 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
     if todo > 0:
         init_ray(cfg.ray)
         in_fs, in_path = storage.filesystem(cfg.input)
-        runtime_env = {"env_vars": dict(cfg.actors.env_vars)} if cfg.actors.env_vars else None
         one_file = in_fs.get_file_info(in_path).type == pafs.FileType.File
         base = posixpath.dirname(in_path) if one_file else in_path
         use_gpu = cfg.actors.num_gpus > 0
@@ -80,19 +79,17 @@ def run(cfg: ScoreConfig) -> dict[str, Any]:
             num_cpus=cfg.actors.num_cpus,
             num_gpus=cfg.actors.num_gpus if use_gpu else None,
             resources=dict(cfg.actors.resources) or None,
-            runtime_env=runtime_env,
+            runtime_env={"env_vars": dict(cfg.actors.env_vars)} if cfg.actors.env_vars else None,
             fn_constructor_kwargs=dict(
                 model=cfg.model, dtype=cfg.dtype, max_length=cfg.max_length,
-                batch_size=cfg.forward_batch_size, use_gpu=use_gpu,
+                batch_size=cfg.forward_batch_size, output=cfg.output, use_gpu=use_gpu,
                 threads=None if use_gpu else (cfg.torch_threads or max(1, int(cfg.actors.num_cpus))),
                 trust_remote_code=cfg.trust_remote_code))
-        # Tasks write the parts (staged, then moved into place): the driver only counts rows.
-        ds = ds.map_batches(scoring.write_part, batch_size=None, batch_format="pyarrow",
-                            fn_kwargs={"output": cfg.output}, runtime_env=runtime_env)
+        # The actors write the parts (staged, then moved into place): the driver only counts rows.
         with tqdm(total=todo, desc="scored", unit="row", dynamic_ncols=True) as bar:
             for table in ds.iter_batches(batch_size=None, batch_format="pyarrow"):
                 bar.update(pc.sum(table.column("rows")).as_py() or 0)
-        pool.drop_staging(cfg.output)  # what tasks killed mid-write left (readers skip it anyway)
+        pool.drop_staging(cfg.output)  # what actors killed mid-write left (readers skip it anyway)
     seconds = time.perf_counter() - start
 
     result = pool.read_pool(cfg.output, [*pool.IDENTITY, "score"])
