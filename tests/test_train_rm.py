@@ -424,7 +424,7 @@ def test_finished_output_is_not_overwritten(zero3_cv_run):
         run(cfg)
 
 
-def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
+def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path, monkeypatch):
     from bestofl.config import ConfigError
     from pipelines.train_rm import run
 
@@ -445,9 +445,13 @@ def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
     for key in ("cross_fraction=1.5", "max_pairs=0", "num_to_keep=0", "tracker=neptune"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
             load_config("train_rm", None, [*base, key])
-    if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so
-        with pytest.raises(ValueError, match="pip install wandb"):
-            run(load_config("train_rm", None, [*base, "tracker=wandb"]))
+    # Asked for, not installed (hidden here): say so.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ValueError, match="pip install wandb"):
+        run(load_config("train_rm", None, [*base, "tracker=wandb"]))
+    monkeypatch.undo()
     assert not (tmp_path / "out").exists()  # nothing written, no Ray started
     # A partial output of another job (here: another seed) is not resumed by this one.
     storage.save_config(str(tmp_path / "out"), load_config("train_rm", None, [*base, "seed=7"]))
