@@ -81,28 +81,31 @@ def log_report(report: dict[str, Any], folder: str, tracker: str, project: str,
                                                 "budget_unit", "score_provenance", "seed")}
     from bestofl import storage  # not at the top: the config schema imports this module
 
-    with tempfile.TemporaryDirectory() as local:  # the report folder may be a URI
-        files = []
-        for name in ("report.json", "report.html"):
-            files.append(os.path.join(local, name))
-            with open(files[-1], "w") as f:
-                f.write(storage.read_text(storage.join(folder, name)))
-        if tracker == "mlflow":
-            import mlflow
+    def copy_report(local: str) -> list[str]:
+        """report.json and report.html copied into a local folder (the report's may be a URI)."""
+        paths = [os.path.join(local, name) for name in ("report.json", "report.html")]
+        for path in paths:
+            with open(path, "w") as f:
+                f.write(storage.read_text(storage.join(folder, os.path.basename(path))))
+        return paths
 
-            mlflow.set_experiment(project)
-            with mlflow.start_run(run_name=run_name):
-                mlflow.log_params(params)
-                for budget in sorted(by_budget):
-                    mlflow.log_metrics(by_budget[budget], step=budget)
-                for path in files:
-                    mlflow.log_artifact(path)
-        elif tracker == "wandb":
-            import wandb
+    if tracker == "mlflow":
+        import mlflow
 
-            run = wandb.init(project=project, name=run_name, config=params)
+        mlflow.set_experiment(project)
+        with mlflow.start_run(run_name=run_name), tempfile.TemporaryDirectory() as local:
+            mlflow.log_params(params)
+            for budget in sorted(by_budget):
+                mlflow.log_metrics(by_budget[budget], step=budget)
+            for path in copy_report(local):
+                mlflow.log_artifact(path)
+    elif tracker == "wandb":
+        import wandb
+
+        with wandb.init(project=project, name=run_name, config=params) as run:
             for budget in sorted(by_budget):  # W&B wants steps in increasing order
                 run.log(by_budget[budget], step=budget)
-            for path in files:
-                run.save(path, base_path=local, policy="now")
-            run.finish()
+            # Into the run's own folder: W&B links saved files from there, and an offline run
+            # uploads them only when synced, long after a temporary folder is gone.
+            for path in copy_report(run.dir):
+                run.save(path, base_path=run.dir, policy="now")
