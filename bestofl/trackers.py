@@ -16,6 +16,8 @@ TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the package it n
 # The MLflow settings a Ray Train worker needs to write where the driver would: a worker
 # does not see the environment of the command that started the job.
 MLFLOW_WORKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+# W&B's credentials stay out of the job's config: a cluster's workers log in their own way.
+WANDB_SECRETS = ("WANDB_API_KEY",)
 
 
 def check_tracker(tracker: Optional[str]) -> None:
@@ -45,15 +47,24 @@ def _check_mlflow_store() -> None:
                          f"{mlflow.get_tracking_uri()} (MLFLOW_TRACKING_URI): {first}") from None
 
 
-def mlflow_worker_env() -> dict[str, str]:
-    """MLflow's settings as this process sees them, for the training workers: the tracking
-    URI MLflow resolves here (MLFLOW_TRACKING_URI, else its default), a local path made
-    absolute so that it names the same store from a worker's own working folder."""
-    import mlflow
+def worker_env(tracker: Optional[str]) -> dict[str, str]:
+    """The tracker's settings as this process sees them, for the training workers. MLflow:
+    the tracking URI it resolves here (MLFLOW_TRACKING_URI, else its default); W&B: the
+    WANDB_* variables (WANDB_MODE, WANDB_DIR, ...). A local path is made absolute so that it
+    names the same place from a worker's own working folder."""
+    if tracker == "mlflow":
+        import mlflow
 
-    env = {k: os.environ[k] for k in MLFLOW_WORKER_ENV if k in os.environ}
-    env["MLFLOW_TRACKING_URI"] = _absolute(mlflow.get_tracking_uri())
-    return env
+        env = {k: os.environ[k] for k in MLFLOW_WORKER_ENV if k in os.environ}
+        env["MLFLOW_TRACKING_URI"] = _absolute(mlflow.get_tracking_uri())
+        return env
+    if tracker == "wandb":
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("WANDB_") and k not in WANDB_SECRETS}
+        if env.get("WANDB_DIR"):
+            env["WANDB_DIR"] = os.path.abspath(env["WANDB_DIR"])
+        return env
+    return {}
 
 
 def _absolute(uri: str) -> str:
