@@ -16,6 +16,8 @@ TRACKERS = {"mlflow": "mlflow", "wandb": "wandb"}  # tracker -> the package it n
 # The MLflow settings a Ray Train worker needs to write where the driver would: a worker
 # does not see the environment of the command that started the job.
 MLFLOW_WORKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
+# W&B's credentials stay out of the job's config: a cluster's workers log in their own way.
+WANDB_SECRETS = ("WANDB_API_KEY",)
 
 
 def check_tracker(tracker: Optional[str]) -> None:
@@ -45,15 +47,24 @@ def _check_mlflow_store() -> None:
                          f"{mlflow.get_tracking_uri()} (MLFLOW_TRACKING_URI): {first}") from None
 
 
-def mlflow_worker_env() -> dict[str, str]:
-    """MLflow's settings as this process sees them, for the training workers: the tracking
-    URI MLflow resolves here (MLFLOW_TRACKING_URI, else its default), a local path made
-    absolute so that it names the same store from a worker's own working folder."""
-    import mlflow
+def worker_env(tracker: Optional[str]) -> dict[str, str]:
+    """The tracker's settings as this process sees them, for the training workers. MLflow:
+    the tracking URI it resolves here (MLFLOW_TRACKING_URI, else its default); W&B: the
+    WANDB_* variables (WANDB_MODE, WANDB_DIR, ...). A local path is made absolute so that it
+    names the same place from a worker's own working folder."""
+    if tracker == "mlflow":
+        import mlflow
 
-    env = {k: os.environ[k] for k in MLFLOW_WORKER_ENV if k in os.environ}
-    env["MLFLOW_TRACKING_URI"] = _absolute(mlflow.get_tracking_uri())
-    return env
+        env = {k: os.environ[k] for k in MLFLOW_WORKER_ENV if k in os.environ}
+        env["MLFLOW_TRACKING_URI"] = _absolute(mlflow.get_tracking_uri())
+        return env
+    if tracker == "wandb":
+        env = {k: v for k, v in os.environ.items()
+               if k.startswith("WANDB_") and k not in WANDB_SECRETS}
+        if env.get("WANDB_DIR"):
+            env["WANDB_DIR"] = os.path.abspath(env["WANDB_DIR"])
+        return env
+    return {}
 
 
 def _absolute(uri: str) -> str:
@@ -81,28 +92,31 @@ def log_report(report: dict[str, Any], folder: str, tracker: str, project: str,
                                                 "budget_unit", "score_provenance", "seed")}
     from bestofl import storage  # not at the top: the config schema imports this module
 
-    with tempfile.TemporaryDirectory() as local:  # the report folder may be a URI
-        files = []
-        for name in ("report.json", "report.html"):
-            files.append(os.path.join(local, name))
-            with open(files[-1], "w") as f:
-                f.write(storage.read_text(storage.join(folder, name)))
-        if tracker == "mlflow":
-            import mlflow
+    def copy_report(local: str) -> list[str]:
+        """report.json and report.html copied into a local folder (the report's may be a URI)."""
+        paths = [os.path.join(local, name) for name in ("report.json", "report.html")]
+        for path in paths:
+            with open(path, "w") as f:
+                f.write(storage.read_text(storage.join(folder, os.path.basename(path))))
+        return paths
 
-            mlflow.set_experiment(project)
-            with mlflow.start_run(run_name=run_name):
-                mlflow.log_params(params)
-                for budget in sorted(by_budget):
-                    mlflow.log_metrics(by_budget[budget], step=budget)
-                for path in files:
-                    mlflow.log_artifact(path)
-        elif tracker == "wandb":
-            import wandb
+    if tracker == "mlflow":
+        import mlflow
 
-            run = wandb.init(project=project, name=run_name, config=params)
+        mlflow.set_experiment(project)
+        with mlflow.start_run(run_name=run_name), tempfile.TemporaryDirectory() as local:
+            mlflow.log_params(params)
+            for budget in sorted(by_budget):
+                mlflow.log_metrics(by_budget[budget], step=budget)
+            for path in copy_report(local):
+                mlflow.log_artifact(path)
+    elif tracker == "wandb":
+        import wandb
+
+        with wandb.init(project=project, name=run_name, config=params) as run:
             for budget in sorted(by_budget):  # W&B wants steps in increasing order
                 run.log(by_budget[budget], step=budget)
-            for path in files:
-                run.save(path, base_path=local, policy="now")
-            run.finish()
+            # Into the run's own folder: W&B links saved files from there, and an offline run
+            # uploads them only when synced, long after a temporary folder is gone.
+            for path in copy_report(run.dir):
+                run.save(path, base_path=run.dir, policy="now")

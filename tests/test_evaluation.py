@@ -4,6 +4,7 @@ from __future__ import annotations
 import importlib.util
 import json
 import random
+import struct
 
 import numpy as np
 import pandas as pd
@@ -435,6 +436,70 @@ def test_headline_numbers_go_to_mlflow(pool_rows, tmp_path, monkeypatch):
     assert artifacts
 
 
+def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch):
+    """tracker=wandb offline (no network): the run file holds, per budget (the step), each
+    selector's mean cross - mono difference and every accuracy; the report files are saved."""
+    monkeypatch.setenv("WANDB_MODE", "offline")
+    monkeypatch.setenv("WANDB_DIR", str(tmp_path))
+    monkeypatch.setenv("WANDB_SILENT", "true")
+    write_pool(to_table(pool_rows), str(tmp_path / "pool"))
+    cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}", f"output={tmp_path / 'r'}",
+                                         "bootstrap=0", "monte_carlo=5", "plots=false",
+                                         "tracker=wandb", "tracker_project=evals"])
+    report = run(cfg)
+    [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
+    [run_file] = run_dir.glob("run-*.wandb")
+    records = {}
+    for record in wandb_records(run_file):
+        records.setdefault(record.WhichOneof("record_type"), []).append(record)
+    [info] = records["run"]
+    assert (info.run.project, info.run.display_name) == ("evals", "r")
+    config = {i.key: json.loads(i.value_json) for i in info.run.config.update}
+    assert config["selectors"] == list(cfg.selectors)
+    assert [r.exit.exit_code for r in records["exit"]] == [0]
+
+    steps = [r.history.step.num for r in records["history"]]
+    assert steps == sorted({r["budget"] for r in report["results"]})  # one per budget, in order
+    logged = {(item.key or "/".join(item.nested_key), r.history.step.num):
+              json.loads(item.value_json) for r in records["history"] for item in r.history.item}
+    logged = {k: v for k, v in logged.items() if not k[0].startswith("_")}  # W&B's _step, ...
+    assert report["mean_differences"]
+    expected = {(f"cross_minus_mono/{d['selector']}", d["budget"]): d["diff"]
+                for d in report["mean_differences"]}
+    expected.update({(f"accuracy/{r['pool']}/{r['selector']}/{r['target_lang']}", r["budget"]):
+                     r["accuracy"] for r in report["results"]})
+    assert logged == pytest.approx(expected)
+    saved = {f.path for r in records["files"] for f in r.files.files}
+    for name in ("report.json", "report.html"):  # a real file: uploaded when synced
+        assert name in saved
+        assert not (run_dir / "files" / name).is_symlink()
+        assert (run_dir / "files" / name).read_text() == (tmp_path / "r" / name).read_text()
+
+
+def wandb_records(run_file) -> list:
+    """The records of a W&B run file: a 7-byte header (":W&B", magic, version), then 32 KiB
+    blocks of chunks, each with a 7-byte header (crc32, length, type: 1 whole record,
+    2/3/4 its first/middle/last part); a block's last < 7 bytes are padding."""
+    from wandb.proto.wandb_internal_pb2 import Record
+
+    data = run_file.read_bytes()
+    assert data[:4] == b":W&B"
+    records, pos, parts = [], 7, b""
+    while pos + 7 <= len(data):
+        if 32768 - pos % 32768 < 7:
+            pos += 32768 - pos % 32768
+            continue
+        _, length, kind = struct.unpack("<IHB", data[pos:pos + 7])
+        if kind == 0:  # zeros past the last record
+            break
+        parts += data[pos + 7:pos + 7 + length]
+        pos += 7 + length
+        if kind in (1, 4):
+            records.append(Record.FromString(parts))
+            parts = b""
+    return records
+
+
 def test_tracker_needs_its_package_and_store(pool_rows, tmp_path, monkeypatch):
     write_pool(to_table(pool_rows), str(tmp_path / "pool"))
     with pytest.raises(ConfigError, match="tracker"):
@@ -447,12 +512,15 @@ def test_tracker_needs_its_package_and_store(pool_rows, tmp_path, monkeypatch):
     with pytest.raises(ValueError, match="MLFLOW_ALLOW_FILE_STORE"):
         run(cfg)
     assert not (tmp_path / "r").exists()
-    if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so first
-        cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
-                                             f"output={tmp_path / 'r'}", "tracker=wandb"])
-        with pytest.raises(ValueError, match="pip install wandb"):
-            run(cfg)
-        assert not (tmp_path / "r").exists()
+    # Asked for, not installed (hidden here): say so first.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    cfg = load_config("evaluate", None, [f"input={tmp_path / 'pool'}",
+                                         f"output={tmp_path / 'r'}", "tracker=wandb"])
+    with pytest.raises(ValueError, match="pip install wandb"):
+        run(cfg)
+    assert not (tmp_path / "r").exists()
 
 
 # ------------------------------------------------------------------ intervals

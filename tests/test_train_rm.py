@@ -272,13 +272,57 @@ def test_mlflow_holds_the_metrics_of_both_attempts(zero2_run):
 def test_workers_get_the_drivers_mlflow_store(uri, absolute, tmp_path, monkeypatch):
     """A Ray Train worker runs in its own folder without the command's environment: it gets
     the store MLflow resolves in the driver, a local path made absolute."""
-    from bestofl.trackers import mlflow_worker_env
+    from bestofl.trackers import worker_env
 
     monkeypatch.chdir(tmp_path)
     monkeypatch.setenv("MLFLOW_TRACKING_URI", uri)
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
-    assert mlflow_worker_env() == {"MLFLOW_TRACKING_URI": absolute.format(cwd=tmp_path),
-                                   "MLFLOW_ALLOW_FILE_STORE": "true"}
+    assert worker_env("mlflow") == {"MLFLOW_TRACKING_URI": absolute.format(cwd=tmp_path),
+                                    "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
+def test_workers_get_the_drivers_wandb_settings(tiny_rm, pool_dir, tmp_path, monkeypatch):
+    """tracker=wandb: the WANDB_* settings reach a worker through its config (WANDB_DIR made
+    absolute, the API key left out), and rank 0's log writes its W&B run with them, offline.
+    The worker side runs here, in its own folder, without the settings in its environment."""
+    from bestofl.reward.tracking import MetricsLog
+    from bestofl.reward.training import WorkerConfig
+    from tests.test_evaluation import wandb_records
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:
+        monkeypatch.delenv(key)
+    monkeypatch.chdir(tmp_path)
+    env = {"WANDB_MODE": "offline", "WANDB_DIR": "wb", "WANDB_SILENT": "true"}
+    for key, value in {**env, "WANDB_API_KEY": "not-for-workers"}.items():
+        monkeypatch.setenv(key, value)
+    out = tmp_path / "out"
+    cfg = load_config("train_rm", None, [f"input={pool_dir}", f"model={tiny_rm}", f"output={out}",
+                                         "tracker=wandb", "tracker_project=rm-tests"])
+    config = WorkerConfig.of(cfg, steps_per_epoch=2, output=str(out), fold=None)
+    assert config.tracker_env == {**env, "WANDB_DIR": str(tmp_path / "wb")}
+
+    for key in [k for k in os.environ if k.startswith("WANDB_")]:  # the worker's environment
+        monkeypatch.delenv(key)
+    monkeypatch.setenv("WANDB_START_METHOD", "fork")  # as setup_wandb sets it: undone after
+    (tmp_path / "worker").mkdir()
+    monkeypatch.chdir(tmp_path / "worker")
+    log = MetricsLog(config, rank=0, resumed_step=0)
+    sent = [{"step": step, "total_steps": 2, "epoch": step / 2, "fold": None, "loss": 1 / step,
+             "lr": 1e-4, "examples_per_s": 8.0} for step in (1, 2)]
+    for metrics in sent:
+        log.record(metrics)
+    log.close()
+    [run_dir] = (tmp_path / "wb" / "wandb").glob("offline-run-*")
+    records = wandb_records(next(run_dir.glob("run-*.wandb")))
+    [info] = [r.run for r in records if r.WhichOneof("record_type") == "run"]
+    assert (info.project, info.display_name) == ("rm-tests", "out")
+    logged = {(item.key or "/".join(item.nested_key), r.history.step.num):
+              json.loads(item.value_json) for r in records
+              if r.WhichOneof("record_type") == "history" for item in r.history.item}
+    assert {k: v for k, v in logged.items() if not k[0].startswith("_")} == pytest.approx(
+        {(key, m["step"]): m[key] for m in sent for key in ("epoch", "loss", "lr",
+                                                              "examples_per_s")})
+    assert [r.exit.exit_code for r in records if r.WhichOneof("record_type") == "exit"] == [0]
 
 
 def test_planted_pickle_in_a_checkpoint_is_refused(zero2_run):
@@ -424,7 +468,7 @@ def test_finished_output_is_not_overwritten(zero3_cv_run):
         run(cfg)
 
 
-def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
+def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path, monkeypatch):
     from bestofl.config import ConfigError
     from pipelines.train_rm import run
 
@@ -445,9 +489,13 @@ def test_bad_config_fails_before_any_work(tiny_rm, pool_dir, tmp_path):
     for key in ("cross_fraction=1.5", "max_pairs=0", "num_to_keep=0", "tracker=neptune"):
         with pytest.raises(ConfigError, match=key.split("=")[0]):
             load_config("train_rm", None, [*base, key])
-    if importlib.util.find_spec("wandb") is None:  # asked for, not installed: say so
-        with pytest.raises(ValueError, match="pip install wandb"):
-            run(load_config("train_rm", None, [*base, "tracker=wandb"]))
+    # Asked for, not installed (hidden here): say so.
+    find_spec = importlib.util.find_spec
+    monkeypatch.setattr(importlib.util, "find_spec",
+                        lambda name, *a: None if name == "wandb" else find_spec(name, *a))
+    with pytest.raises(ValueError, match="pip install wandb"):
+        run(load_config("train_rm", None, [*base, "tracker=wandb"]))
+    monkeypatch.undo()
     assert not (tmp_path / "out").exists()  # nothing written, no Ray started
     # A partial output of another job (here: another seed) is not resumed by this one.
     storage.save_config(str(tmp_path / "out"), load_config("train_rm", None, [*base, "seed=7"]))

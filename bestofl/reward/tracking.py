@@ -124,18 +124,19 @@ class MetricsLog:
                   "pair_scope": config.pair_scope, "lr": config.lr, "epochs": config.epochs,
                   "batch_size": config.batch_size, "fold": config.fold,
                   "zero_stage": config.deepspeed.zero_stage}
+        os.environ.update(config.tracker_env)  # the driver's settings (trackers.worker_env)
         if config.tracker == "mlflow":
             from ray.air.integrations.mlflow import setup_mlflow
 
-            # The driver's MLflow settings (mlflow_worker_env); a resumed run is a new MLflow
-            # run, tagged with the step it resumed from.
-            os.environ.update(config.tracker_env)
+            # A resumed run is a new MLflow run, tagged with the step it resumed from.
             self._tracker = setup_mlflow(config=params, experiment_name=config.tracker_project,
                                          run_name=run_name, create_experiment_if_not_exists=True,
                                          tags={"resumed_from": str(self.resumed_step)})
         else:
             from ray.air.integrations.wandb import setup_wandb
 
+            if os.environ.get("WANDB_DIR"):  # W&B needs it to exist; a worker's node may lack it
+                os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
             self._tracker = setup_wandb(config=params, project=config.tracker_project,
                                         name=run_name)
 

@@ -69,16 +69,15 @@ class WorkerConfig:
     tensorboard: bool = True
     tracker: Optional[str] = None
     tracker_project: str = "bestofl"
-    tracker_env: dict[str, str] = dataclasses.field(default_factory=dict)  # MLflow settings
+    tracker_env: dict[str, str] = dataclasses.field(default_factory=dict)  # trackers.worker_env
 
     @classmethod
     def of(cls, cfg: TrainRMConfig, steps_per_epoch: int, output: str,
            fold: Optional[int]) -> "WorkerConfig":
         shared = {f.name: getattr(cfg, f.name) for f in dataclasses.fields(cls)
                   if hasattr(cfg, f.name)}
-        env = trackers.mlflow_worker_env() if cfg.tracker == "mlflow" else {}
         return cls(**{**shared, "steps_per_epoch": steps_per_epoch, "output": output,
-                      "fold": fold, "tracker_env": env})
+                      "fold": fold, "tracker_env": trackers.worker_env(cfg.tracker)})
 
     @property
     def total_steps(self) -> int:
