@@ -50,6 +50,17 @@ def _environment_restored():
         os.environ.update(saved)
 
 
+@pytest.fixture
+def fresh_wandb():
+    """wandb keeps the settings of its first run (WANDB_DIR, the mode) in a process-wide
+    singleton: a test that logs to W&B starts from none and leaves none."""
+    import wandb
+
+    wandb.teardown()
+    yield
+    wandb.teardown()
+
+
 @pytest.fixture(scope="session")
 def shared_data() -> Path:
     if not SHARED_DATA.is_dir():

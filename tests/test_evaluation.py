@@ -436,7 +436,7 @@ def test_headline_numbers_go_to_mlflow(pool_rows, tmp_path, monkeypatch):
     assert artifacts
 
 
-def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch):
+def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch, fresh_wandb):
     """tracker=wandb offline (no network): the run file holds, per budget (the step), each
     selector's mean cross - mono difference and every accuracy; the report files are saved."""
     monkeypatch.setenv("WANDB_MODE", "offline")

@@ -281,7 +281,8 @@ def test_workers_get_the_drivers_mlflow_store(uri, absolute, tmp_path, monkeypat
                                     "MLFLOW_ALLOW_FILE_STORE": "true"}
 
 
-def test_workers_get_the_drivers_wandb_settings(tiny_rm, pool_dir, tmp_path, monkeypatch):
+def test_workers_get_the_drivers_wandb_settings(tiny_rm, pool_dir, tmp_path, monkeypatch,
+                                                fresh_wandb):
     """tracker=wandb: the WANDB_* settings reach a worker through its config (WANDB_DIR made
     absolute, the API key left out), and rank 0's log writes its W&B run with them, offline.
     The worker side runs here, in its own folder, without the settings in its environment."""
