@@ -19,7 +19,7 @@ from omegaconf import MISSING, DictConfig, OmegaConf
 from omegaconf.errors import OmegaConfBaseException
 
 from bestofl.prompts import STYLES
-from bestofl.trackers import TRACKERS
+from bestofl import trackers
 
 CONF_DIR = Path(__file__).resolve().parents[1] / "conf"
 
@@ -128,11 +128,6 @@ def check_ranges(obj: Any, prefix: str = "") -> None:
                     _check_value(f"{key}.{k}", v, NON_NEGATIVE)
         else:
             _check_value(key, value, value_range(key, f))
-
-
-def _check_tracker_name(tracker: Optional[str]) -> None:
-    if tracker is not None and tracker not in TRACKERS:
-        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
 
 
 # ---------------------------------------------------------------- shared pieces
@@ -360,7 +355,7 @@ class TrainRMConfig:
             raise ValueError(f"max_pairs must be >= 1 or null, got {self.max_pairs}")
         if self.num_to_keep < 1:
             raise ValueError(f"num_to_keep must be >= 1, got {self.num_to_keep}")
-        _check_tracker_name(self.tracker)
+        trackers.check_name(self.tracker)
 
 
 @dataclass
@@ -445,7 +440,7 @@ class EvaluateConfig:
                              f"{self.bootstrap} and {self.monte_carlo}")
         if not 0 < self.confidence < 1:
             raise ValueError(f"confidence must be in (0, 1), got {self.confidence}")
-        _check_tracker_name(self.tracker)
+        trackers.check_name(self.tracker)
 
 
 @dataclass

@@ -20,12 +20,17 @@ MLFLOW_WORKER_ENV = ("MLFLOW_TRACKING_URI", "MLFLOW_ALLOW_FILE_STORE")
 WANDB_SECRETS = ("WANDB_API_KEY",)
 
 
+def check_name(tracker: Optional[str]) -> None:
+    """The config's rule for the `tracker` key (train_rm, evaluate)."""
+    if tracker is not None and tracker not in TRACKERS:
+        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
+
+
 def check_tracker(tracker: Optional[str]) -> None:
     """A clear error before any work when the asked-for tracker is unknown or not installed."""
+    check_name(tracker)
     if tracker is None:
         return
-    if tracker not in TRACKERS:
-        raise ValueError(f"tracker must be null, mlflow or wandb, got {tracker!r}")
     if importlib.util.find_spec(TRACKERS[tracker]) is None:
         raise ValueError(f"tracker={tracker} needs the {TRACKERS[tracker]} package: "
                          f"pip install {TRACKERS[tracker]} (or set tracker=null)")
