@@ -4,6 +4,7 @@ from __future__ import annotations
 import json
 import logging
 import os
+import re
 import sys
 import tempfile
 from typing import Any
@@ -121,6 +122,8 @@ def init_ray(cfg: RayConfig) -> None:
         return
     address, why = cluster_address(cfg.address)
     if address:
+        if why != THIS_NODE and _refuses_without_token(address):
+            raise _token_needed(address, why)
         try:
             # This node's cluster through Ray's own discovery, which also picks up its auth
             # token; Ray never sends one to an address it was given (RAY_AUTH_MODE=token does).
@@ -129,9 +132,7 @@ def init_ray(cfg: RayConfig) -> None:
         except ConnectionError as e:
             if not _refused_for_auth(e):
                 raise
-            raise ValueError(f"the Ray cluster at {address} ({why}) uses token authentication: "
-                             f"set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token, "
-                             f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN") from None
+            raise _token_needed(address, why) from None
         resources = ray.cluster_resources()
         nodes = sum(1 for n in ray.nodes() if n.get("Alive"))
         print(f"bestofl: joined Ray cluster at {address} ({why}): {nodes} node(s), "
@@ -144,6 +145,29 @@ def init_ray(cfg: RayConfig) -> None:
                  **_logging_args(local=True))
         print(f"bestofl: started a local Ray instance ({why}): "
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
+
+
+def _token_needed(address: str, why: str) -> ValueError:
+    return ValueError(f"the Ray cluster at {address} ({why}) uses token authentication: "
+                      f"set RAY_AUTH_MODE=token with its token in ~/.ray/auth_token, "
+                      f"RAY_AUTH_TOKEN_PATH or RAY_AUTH_TOKEN")
+
+
+def _refuses_without_token(address: str) -> bool:
+    """One GCS call as `ray.init` makes it without RAY_AUTH_MODE=token: a cluster with token
+    auth refuses it at once, where `ray.init` retries for 20 s, a warning line a second."""
+    if os.environ.get("RAY_AUTH_MODE") == "token" or not re.fullmatch(r"[\w.\-]+:\d+", address):
+        return False  # the token is sent; or a ray:// client address, which Ray checks itself
+    import grpc
+    from ray.core.generated import gcs_service_pb2, gcs_service_pb2_grpc
+
+    with grpc.insecure_channel(address) as channel:
+        try:
+            gcs_service_pb2_grpc.NodeInfoGcsServiceStub(channel).GetClusterId(
+                gcs_service_pb2.GetClusterIdRequest(), timeout=10)
+        except grpc.RpcError as e:  # unreachable and the like: ray.init says it its own way
+            return e.code() == grpc.StatusCode.UNAUTHENTICATED
+    return False
 
 
 def _refused_for_auth(error: BaseException | None) -> bool:

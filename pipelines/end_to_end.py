@@ -13,17 +13,22 @@ import time
 from typing import Any, Sequence
 
 from bestofl import smollm2, storage
-from bestofl.config import DemoConfig, load_config, merge_overrides, parse_command_line
+from bestofl.config import DemoConfig, RayConfig, load_config, merge_overrides, parse_command_line
 from bestofl.ray_runtime import init_ray
 from pipelines import evaluate, sample, train_rm
 
 
-def _stage(name: str, output: str, module: Any, overrides: list[str], extra: dict) -> Any:
-    """Run one pipeline unless its output is finished; returns the stage's config."""
+def _stage(name: str, output: str, module: Any, overrides: list[str], extra: dict,
+           ray: RayConfig | None = None) -> Any:
+    """Run one pipeline unless its output is finished; returns the stage's config. A stage
+    that needs Ray gets the demo's instance, started by the first stage that runs: a
+    rerun of a finished demo starts none."""
     cfg = merge_overrides(load_config(name, None, overrides), extra, source=f"demo.{name}")
     if storage.is_finished(output):
         print(f"[demo] {name}: reusing the finished output in {output}")
         return cfg
+    if ray is not None:
+        init_ray(ray)
     print(f"[demo] {name} -> {output}")
     start = time.time()
     module.run(cfg)
@@ -35,17 +40,16 @@ def run(cfg: DemoConfig) -> dict[str, str]:
     start = time.time()
     generator = smollm2.resolve(cfg.generator, cfg.cache_dir)
     reward_model = smollm2.resolve(cfg.reward_model, cfg.cache_dir)
-    init_ray(cfg.ray)
     out = {name: storage.join(cfg.output, name) for name in ("pool", "rm", "report")}
     languages = "[" + ",".join(cfg.languages) + "]"
     limit = "null" if cfg.limit is None else str(cfg.limit)
 
     _stage("sample", out["pool"], sample,
            [f"questions={cfg.questions}", f"model={generator}", f"languages={languages}",
-            f"limit={limit}", f"output={out['pool']}"], cfg.sample)
+            f"limit={limit}", f"output={out['pool']}"], cfg.sample, cfg.ray)
     train_cfg = _stage("train_rm", out["rm"], train_rm,
                        [f"input=[{out['pool']}]", f"model={reward_model}", f"output={out['rm']}"],
-                       cfg.train_rm)
+                       cfg.train_rm, cfg.ray)
     # Cross-fitting writes the pool with out-of-fold scores: no question is scored by a
     # model that trained on it. Without it, evaluate sees the unscored pool.
     scored = [f"input={storage.join(out['rm'], 'pool')}", "score_provenance=cross_fit",

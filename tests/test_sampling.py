@@ -239,7 +239,8 @@ def _wait_for_dead_samplers(ray_state, timeout: float = 120) -> None:
 def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
     """`bestofl sample` in parallel mode, as a user runs it (its own driver process, joining
     the session's cluster): SIGKILLed as soon as its first part is written, then rerun to
-    the end. The rerun's whole console output is kept (a clean run prints no traceback)."""
+    the end. The killed run has --verbose (Ray's own lines); the rerun's whole console
+    output is kept (a clean run prints no traceback)."""
     import ray._private.state as ray_state  # the state API needs a dashboard; the GCS table does not
 
     base = tmp_path_factory.mktemp("parallel")
@@ -247,7 +248,7 @@ def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
     cmd = [sys.executable, "-m", "bestofl.cli", "sample",
            *_overrides(questions_file, tiny_lm, out, f"ray.address={ray_cluster.address}")]
     with open(base / "killed.log", "wb") as log:
-        proc = subprocess.Popen(cmd, stdout=log, stderr=subprocess.STDOUT)
+        proc = subprocess.Popen([*cmd, "--verbose"], stdout=log, stderr=subprocess.STDOUT)
         try:
             while proc.poll() is None and not (out.exists() and _part_files(out)):
                 time.sleep(0.05)
@@ -264,6 +265,7 @@ def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
     assert rerun.returncode == 0, rerun.stdout[-3000:]
     return {"out": out, "first": first, "first_table": first_table,
             "rows_first": first_table.num_rows, "console": rerun.stdout,
+            "verbose_console": (base / "killed.log").read_text(errors="replace"),
             "summary": json.loads((out / "_SUCCESS").read_text()),
             "table": pool.read_pool(str(out))}
 
@@ -301,6 +303,9 @@ def test_a_finished_run_prints_no_traceback(parallel):
     assert "bestofl sample: 4 questions" in console  # the whole output, both summary lines
     for failure in ("Traceback", "EngineDeadError", "Exception ignored", "resource_tracker"):
         assert failure not in console, console[-5000:]
+    # Ray's own INFO lines: only with --verbose (the killed run had it).
+    assert "Connecting to existing Ray cluster" in parallel["verbose_console"]
+    assert "Connecting to existing Ray cluster" not in console
 
 
 def test_finished_output_refuses_a_rerun_before_any_ray_work(parallel, questions_file, tiny_lm):

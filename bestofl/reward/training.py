@@ -4,11 +4,12 @@ Each worker reads its shard of the training examples (Ray Data), scores pairs or
 responses with last-real-token pooling (`reward.model.forward_scores`), and steps a
 DeepSpeed engine. Every `log_every` / `eval_every` / `save_every` optimizer steps all
 workers report together (`_report`): reduce the window's loss and rates, validate,
-checkpoint, and at the last step export the Hugging Face folder into the output; rank 0
-records the metrics (stdout, metrics.jsonl, TensorBoard, an optional tracker). Every
-checkpoint holds the DeepSpeed state, so a rerun after a crash resumes from the latest
-one (`reward.checkpoint`: loaded without unpickling code). The final report's metrics
-carry the validation report and scores, which the driver reads from the Ray Train result.
+checkpoint (handed to Ray Train), and at the last step export the Hugging Face folder
+into the output; rank 0 records the metrics (stdout, metrics.jsonl, TensorBoard, an
+optional tracker). Every checkpoint holds the DeepSpeed state, so a rerun after a crash
+resumes from the latest one (`reward.checkpoint`: loaded without unpickling code). The
+final report's metrics carry the validation report and scores, which the driver reads
+from the Ray Train result.
 """
 from __future__ import annotations
 
@@ -353,7 +354,12 @@ def _optimizer_steps(worker: _Worker, step: int) -> Iterator[tuple[int, list, in
 def _report(worker: _Worker, validator: "_Validator", log: MetricsLog, step: int,
             window: _Window, resumed: int) -> None:
     """What every report does, on every worker together: reduce, validate, checkpoint,
-    export (last step), record (rank 0), hand the metrics to Ray Train."""
+    export (last step), record (rank 0); a checkpoint goes to Ray Train with the metrics.
+
+    Only checkpoints go through `ray.train.report`: each call waits until Ray Train's
+    controller has taken the previous one, and it looks every 2 s
+    (RAY_TRAIN_HEALTH_CHECK_INTERVAL_S), which would pace frequent log lines. The metrics
+    reach the user through `log` (console, metrics.jsonl, TensorBoard, a tracker)."""
     config = worker.config
     final = step == config.total_steps
     metrics = _window_metrics(worker, step, window, resumed)
@@ -362,10 +368,11 @@ def _report(worker: _Worker, validator: "_Validator", log: MetricsLog, step: int
     if final or config.due(step, config.eval_every):
         validation, scores = validator.run()
         metrics.update({k: v for k, v in validation.items() if k.startswith("val_")})
-    save = final or config.due(step, config.save_every)
+    if not (final or config.due(step, config.save_every)):
+        log.record(metrics)
+        return
     with tempfile.TemporaryDirectory() as tmp:
-        if save:
-            worker.engine.save_checkpoint(tmp, tag=STATE_TAG, client_state={"step": step})
+        worker.engine.save_checkpoint(tmp, tag=STATE_TAG, client_state={"step": step})
         if final:
             _export(worker.engine, worker.model, worker.tokenizer, config.output,
                     config.deepspeed.zero_stage, worker.rank)
@@ -374,9 +381,8 @@ def _report(worker: _Worker, validator: "_Validator", log: MetricsLog, step: int
         if final:  # for the driver: Result.metrics of the fit
             reported[VAL_REPORT] = {"step": step, **validation}
             reported[VAL_SCORES] = {"rid": validator.rids, "score": scores}
-        ray.train.report(reported,
-                         checkpoint=ray.train.Checkpoint.from_directory(tmp) if save else None,
-                         checkpoint_dir_name=f"checkpoint-{step:06d}" if save else None)
+        ray.train.report(reported, checkpoint=ray.train.Checkpoint.from_directory(tmp),
+                         checkpoint_dir_name=f"checkpoint-{step:06d}")
 
 
 def _window_metrics(worker: _Worker, step: int, window: _Window, resumed: int) -> dict[str, Any]:
