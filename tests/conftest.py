@@ -36,6 +36,10 @@ if not (os.environ.get("RAY_AUTH_TOKEN") or os.environ.get("RAY_AUTH_TOKEN_PATH"
     os.environ["RAY_AUTH_TOKEN_PATH"] = str(Path(_token_dir) / "auth_token")
 
 import pytest
+# Ray reads its auth mode once, at import. `cli.main` sets it for a local instance only in a
+# process that has not loaded Ray yet (a fresh `bestofl` process): an in-process call must
+# not be the first to load it here, where every test shares the session's cluster.
+import ray  # noqa: E402,F401
 
 ROOT = Path(__file__).resolve().parents[1]
 SHARED_DATA = ROOT.parent / "shared" / "data"

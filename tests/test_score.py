@@ -1,12 +1,15 @@
 """`bestofl score`: a hand-made pool through Ray Data reward-model actors.
 
-One run (module fixture: two actors, one per simulated worker node) that resumes a crashed
-partial output backs the row, score, null, resume and layout checks. Expected scores come from `reward.model.score` run in this
-process on the same rows.
+One run (module fixture: two actors, one per simulated worker node, the reward model on a
+local S3 server) that resumes a crashed partial output backs the row, score, null, resume,
+model-copy and layout checks. Expected scores come from `reward.model.score` run in this
+process on the same rows, from the local folder.
 """
 from __future__ import annotations
 
+import contextlib
 import dataclasses
+import io
 import math
 import os
 
@@ -85,24 +88,41 @@ def expected(source, tiny_rm):
 SENTINEL = 1234.5
 
 
+MODEL_URI = "s3://bestofl-test/score/rm"
+
+
 @pytest.fixture(scope="module")
-def scored(ray_cluster, tiny_rm, source, tmp_path_factory):
+def scored(ray_cluster, s3_server, tiny_rm, source, tmp_path_factory):
     """One run that resumes a crashed earlier one: a third of the rows are already in the
-    output (with a sentinel score) next to a half-written file; the rest must be scored."""
+    output (with a sentinel score) next to a half-written file; the rest must be scored.
+    The reward model is the tiny one copied to S3: the driver checks it and each actor
+    copies it (safetensors only) into its node's cache. Returns the driver's last bar too."""
+    import pyarrow.fs as pafs
+
+    from bestofl.models import CACHE_ENV
     from pipelines.score import run
 
     _, rows = source
-    output = tmp_path_factory.mktemp("score") / "scored"
+    base = tmp_path_factory.mktemp("score")
+    output, cache = base / "scored", base / "cache"
     first = [dict(r, score=SENTINEL) for r in rows if r["sample_idx"] % 3 == 1]
     pool.write_pool(pool.to_table(first), str(output))
     (output / "response_lang=en" / "torn.parquet").write_bytes(b"PAR1 half a file")
-    summary = run(_cfg(source[0], tiny_rm, output))
-    return output, summary, {_key(r) for r in first}
+    fs, path = pafs.FileSystem.from_uri(MODEL_URI)
+    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    env = {**s3_server, CACHE_ENV: str(cache)}  # actors started before the server
+    cfg = _cfg(source[0], MODEL_URI, output)  # two actors, one per node
+    bar = io.StringIO()
+    with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(bar):
+        mp.setenv(CACHE_ENV, str(cache))  # the driver's check copies it too
+        summary = run(dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, env_vars=env)))
+    return output, summary, {_key(r) for r in first}, cache, bar.getvalue().rsplit("\r", 1)[-1]
 
 
 def test_every_row_once_with_unchanged_columns(source, scored):
     _, rows = source
-    output, summary, first = scored
+    output, summary, first, *_ = scored
     table = pool.read_pool(str(output))
     pool.check_identity(table)
     got = {_key(r): r for r in table.to_pylist()}
@@ -115,7 +135,7 @@ def test_every_row_once_with_unchanged_columns(source, scored):
 
 
 def test_scores_match_in_process_model(scored, expected):
-    output, summary, first = scored
+    output, summary, first, *_ = scored
     got = {_key(r): r["score"] for r in pool.read_pool(str(output)).to_pylist()}
     assert all(got[k] == SENTINEL for k in first)  # resumed rows are not scored again
     nulls = [k for k, v in expected.items() if v is None]
@@ -129,7 +149,7 @@ def test_scores_match_in_process_model(scored, expected):
 
 
 def test_output_is_a_partitioned_finished_pool(scored):
-    output, _, _ = scored
+    output, *_ = scored
     parts = sorted(p for p in os.listdir(output) if p.startswith("response_lang="))
     assert parts == [f"response_lang={lang}" for lang in sorted(LANGS)]
     for part in parts:
@@ -137,7 +157,7 @@ def test_output_is_a_partitioned_finished_pool(scored):
     assert not (output / "response_lang=en" / "torn.parquet").exists()
     assert storage.is_finished(str(output))
     saved = load_config("score", output / "_config.yaml")
-    assert saved.model == os.path.abspath(saved.model) and saved.max_length == MAX_LENGTH
+    assert saved.model == MODEL_URI and saved.max_length == MAX_LENGTH
 
 
 def test_finished_output_refuses_rerun(source, tiny_rm, scored, capsys):
@@ -182,31 +202,13 @@ def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
     assert not output.exists()
 
 
-def test_reward_model_from_s3(ray_cluster, s3_server, tiny_rm, source, expected, tmp_path,
-                              monkeypatch, capsys):
-    """model=s3://...: the driver checks it and each actor copies it (safetensors only)
-    into its node's cache; the scores are the local folder's. The driver's bar counts the
-    rows as the writer tasks finish them, with a rate."""
-    import pyarrow.fs as pafs
-
-    from bestofl.models import CACHE_ENV
-    from pipelines.score import run
-
-    fs, path = pafs.FileSystem.from_uri("s3://bestofl-test/score/rm")
-    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
-    env = {**s3_server, CACHE_ENV: str(tmp_path / "cache")}  # actors started before the server
-    monkeypatch.setenv(CACHE_ENV, env[CACHE_ENV])  # the driver's check copies it too
-    out = tmp_path / "out"
-    cfg = _cfg(source[0], "s3://bestofl-test/score/rm", out)  # two actors, one per node
-    run(dataclasses.replace(cfg, actors=dataclasses.replace(cfg.actors, env_vars=env)))
-    got = {_key(r): r["score"] for r in pool.read_pool(str(out)).to_pylist()}
-    assert got.keys() == expected.keys()
-    for key, value in expected.items():
-        assert (got[key] is None) if value is None else got[key] == pytest.approx(value, abs=1e-4)
-    assert len(os.listdir(tmp_path / "cache")) == 2  # one copy (and its lock) for both actors
-    bar = capsys.readouterr().err.rsplit("\r", 1)[-1]
-    assert "scored: 100%" in bar and f"{len(expected)}/{len(expected)}" in bar and "row/s" in bar, bar
+def test_the_model_is_copied_once_and_the_bar_counts_rows(scored, expected):
+    """Both actors (one per simulated node, one machine) share the node's one copy of the
+    S3 model; the driver's bar counts the rows as the writer tasks finish them, with a rate."""
+    _, _, first, cache, bar = scored
+    assert len(os.listdir(cache)) == 2  # the copy and its lock
+    todo = len(expected) - len(first)
+    assert "scored: 100%" in bar and f"{todo}/{todo}" in bar and "row/s" in bar, bar
 
 
 def test_sort_by_length_drops_done_rows_and_groups_lengths(source):
@@ -225,5 +227,5 @@ def test_scored_output_reads_as_is_by_the_usual_tools(scored):
     pandas, pyarrow datasets and globbing, no filter needed."""
     from test_storage import read_with_every_tool
 
-    output, summary, _ = scored
+    output, summary, *_ = scored
     assert set(read_with_every_tool(str(output)).values()) == {summary["rows"]}
