@@ -173,7 +173,7 @@ def _client(address: str | None):
 NO_AGENT = "No available agent to submit job"
 
 
-def submit_job(client, agent_timeout_s: float, poll_s: float = 2.0, **kwargs: Any) -> str:
+def submit_job(client, agent_timeout_s: float, poll_s: float = 1.0, **kwargs: Any) -> str:
     """`client.submit_job(**kwargs)`, retried while the head's job agent is still starting,
     up to `agent_timeout_s` (one line on stderr says so); any other refusal at once."""
     deadline = time.monotonic() + agent_timeout_s
