@@ -130,6 +130,7 @@ def ray_cluster():
     Worker nodes carry a `sim_node` resource so a test can place one actor or training
     worker per node; the head has spare CPUs so Data actors plus tasks never starve.
     """
+    import ray
     from ray.cluster_utils import Cluster
 
     for attempt in range(3):
@@ -291,30 +292,3 @@ def ray_head():
         finally:
             _stop_head(proc)
             shutil.rmtree(tmpdir, ignore_errors=True)
-
-
-# ------------------------------------------------------------------ the demo, beside the rest
-DEMO_TESTS = "tests/test_demo.py::"
-
-
-def pytest_collection_modifyitems(config, items):
-    # The demo's tests go last: its `bestofl demo` process (a Ray instance of its own, as a
-    # user runs it) starts with the session (`demo_run`) and runs beside the other tests, on
-    # the CPU time their start-ups and waits leave idle.
-    items.sort(key=lambda item: item.nodeid.startswith(DEMO_TESTS))
-
-
-@pytest.fixture(scope="session", autouse=True)
-def demo_run(request, tmp_path_factory):
-    """tests/test_demo.py's `bestofl demo` run, started as the session starts when one of
-    its tests is selected (None otherwise); stopped at the end if still running."""
-    if not any(item.nodeid.startswith(DEMO_TESTS) for item in request.session.items):
-        yield None
-        return
-    from tests.test_demo import Console
-
-    run = Console.start(request.getfixturevalue("tiny_lm"), request.getfixturevalue("tiny_rm"),
-                        tmp_path_factory.mktemp("demo"))
-    yield run
-    run.stop()
-

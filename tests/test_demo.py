@@ -1,14 +1,10 @@
-"""The demo's fast variant: the real pipelines end to end with tiny models, then a rerun.
-
-The run starts with the test session (conftest's `demo_run`) and goes on beside the other
-tests; this module's tests run last and read what it printed and wrote."""
+"""The demo's fast variant: the real pipelines end to end with tiny models, then a rerun."""
 from __future__ import annotations
 
 import json
 import os
 import subprocess
 import sys
-from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
@@ -17,57 +13,30 @@ from bestofl.pool import read_pool
 
 pytestmark = pytest.mark.slow
 BESTOFL = Path(sys.executable).parent / "bestofl"  # the venv's console script
+def _console(*args: str, cwd: Path) -> tuple[int, list[str]]:
+    """`bestofl ...` as a user runs it, on its own local Ray instance: its exit code and the
+    lines a terminal shows (driver stdout and stderr plus what Ray forwards from workers;
+    a bar's \\r updates overwrite each other, so each line counts once)."""
+    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    done = subprocess.run([str(BESTOFL), *args, "ray.address=local"], cwd=cwd,
+                          stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=900)
+    text = done.stdout.decode(errors="replace").rstrip("\n")
+    return done.returncode, [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
 
 
-@dataclass
-class Console:
-    """`bestofl ...` as a user runs it, on its own local Ray instance, in the background:
-    the terminal's text (driver stdout and stderr plus what Ray forwards from workers)
-    goes to a file."""
-
-    args: list[str]
-    cwd: Path
-    log: Path
-    proc: subprocess.Popen
-
-    @classmethod
-    def run(cls, *args: str, cwd: Path) -> "Console":
-        env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
-        log = cwd / f"console-{len(list(cwd.glob('console-*')))}.log"
-        with open(log, "wb") as out:
-            proc = subprocess.Popen([str(BESTOFL), *args, "ray.address=local"], cwd=cwd,
-                                    stdout=out, stderr=subprocess.STDOUT, env=env)
-        return cls(list(args), cwd, log, proc)
-
-    @classmethod
-    def start(cls, tiny_lm: Path, tiny_rm: Path, cwd: Path) -> "Console":
-        """The demo's fast variant; conftest's `demo_run` starts it with the session."""
-        return cls.run(
-            "demo", f"output={cwd / 'demo'}", f"generator={tiny_lm}", f"reward_model={tiny_rm}",
-            "questions=generated:6", "languages=[en,de]",
-            "sample.n=2", "sample.sampling.max_tokens=16",
-            # A random LM answers nothing right, so no correct/incorrect pairs exist: the
-            # pointwise objective still trains (on one-sided questions) and scores every row.
-            "train_rm.objective=pointwise", "train_rm.max_length=96", "train_rm.epochs=1",
-            "train_rm.batch_size=2", "train_rm.deepspeed.bf16=false",
-            "evaluate.bootstrap=50", "evaluate.monte_carlo=20", cwd=cwd)
-
-    def finish(self, timeout: float = 900) -> tuple[int, list[str]]:
-        """Its exit code and the lines a terminal shows (a bar's \\r updates overwrite each
-        other, so each line counts once)."""
-        rc = self.proc.wait(timeout=timeout)
-        text = self.log.read_bytes().decode(errors="replace").rstrip("\n")
-        return rc, [line.rsplit("\r", 1)[-1] for line in text.split("\n")]
-
-    def stop(self) -> None:
-        if self.proc.poll() is None:
-            self.proc.kill()
-            self.proc.wait()
-
-
-def test_demo_fast_variant_end_to_end_and_rerun(demo_run):
-    out = demo_run.cwd / "demo"
-    rc, lines = demo_run.finish()
+def test_demo_fast_variant_end_to_end_and_rerun(tiny_lm, tiny_rm, tmp_path):
+    out = tmp_path / "demo"
+    args = [
+        "demo", f"output={out}", f"generator={tiny_lm}", f"reward_model={tiny_rm}",
+        "questions=generated:6", "languages=[en,de]",
+        "sample.n=2", "sample.sampling.max_tokens=16",
+        # A random LM answers nothing right, so no correct/incorrect pairs exist: the
+        # pointwise objective still trains (on one-sided questions) and scores every row.
+        "train_rm.objective=pointwise", "train_rm.max_length=96", "train_rm.epochs=1",
+        "train_rm.batch_size=2", "train_rm.deepspeed.bf16=false",
+        "evaluate.bootstrap=50", "evaluate.monte_carlo=20",
+    ]
+    rc, lines = _console(*args, cwd=tmp_path)
     printed = "\n".join(lines)
     assert rc == 0, printed[-5000:]
 
@@ -107,7 +76,7 @@ def test_demo_fast_variant_end_to_end_and_rerun(demo_run):
 
     # A rerun reuses every finished stage and starts nothing, not even Ray: under --verbose
     # Ray's own "Started a local Ray instance" would show (test_sampling sees its lines).
-    rc, lines = Console.run("--verbose", *demo_run.args, cwd=demo_run.cwd).finish()
+    rc, lines = _console("--verbose", *args, cwd=tmp_path)
     printed = "\n".join(lines)
     assert rc == 0, printed[-5000:]
     assert printed.count("reusing the finished output") == 3
