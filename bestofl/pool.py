@@ -199,13 +199,6 @@ def write_pool(table: pa.Table, uri: str, partition_by: Sequence[str] = ("respon
     fs.delete_dir(staging)
 
 
-def write_part(batch: pa.Table, output: str) -> pa.Table:
-    """One batch written by the Ray Data actor that made it, as its own pool part; one row
-    back (its row count) for the driver's progress bar."""
-    write_pool(batch, output)
-    return pa.table({"rows": [batch.num_rows]})
-
-
 def drop_staging(uri: str) -> None:
     """Delete the `_staging-*` folders of writes that never finished (a killed writer)."""
     fs, path = storage.filesystem(uri)

@@ -80,6 +80,7 @@ class PoolScorer:
         values[idx] = score(self.model, self.tokenizer, [p or "" for p in prompts], responses,
                             self.max_length, self.batch_size)
         column = pa.array(values, type=pa.float64(), mask=~keep)
-        return pool.write_part(batch.set_column(batch.schema.get_field_index("score"), "score",
-                                                column), self.output)
+        pool.write_pool(batch.set_column(batch.schema.get_field_index("score"), "score", column),
+                        self.output)
+        return pa.table({"rows": [batch.num_rows]})
 

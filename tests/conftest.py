@@ -124,6 +124,21 @@ def s3_server():
 
 
 @pytest.fixture(scope="session")
+def rm_on_s3(s3_server, tiny_rm) -> str:
+    """The tiny reward model on the local S3 server, beside a pickled file that must never
+    be fetched (a URI model is copied safetensors only): its URI."""
+    import pyarrow.fs as pafs
+
+    uri = "s3://bestofl-test/models/rm"
+    fs, path = pafs.FileSystem.from_uri(uri)
+    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
+                    destination_filesystem=fs)
+    with fs.open_output_stream(f"{path}/pytorch_model.bin") as f:
+        f.write(b"not to be unpickled")
+    return uri
+
+
+@pytest.fixture(scope="session")
 def ray_cluster():
     """The session's one Ray instance: a head and two worker nodes on this machine.
 

@@ -62,8 +62,8 @@ def test_kv_cache_too_small_for_one_sequence_is_refused(tiny_lm):
 def test_one_prompt_check_names_the_context_and_the_prompt_length(tiny_lm):
     from transformers import AutoTokenizer
 
-    llm = SimpleNamespace(get_tokenizer=lambda: AutoTokenizer.from_pretrained(tiny_lm), shutdown=lambda: None,
-                          model_config=SimpleNamespace(max_model_len=256))
+    llm = SimpleNamespace(get_tokenizer=lambda: AutoTokenizer.from_pretrained(tiny_lm),
+                          shutdown=lambda: None, model_config=SimpleNamespace(max_model_len=256))
     engine = VllmEngine(llm)  # the wrapper's own logic; no engine process behind it
     text, ids = engine.encode(build_messages("1 + 2?", "en", "en"))
     assert text.endswith("<|im_start|>assistant\n") and 0 < len(ids) < 256

@@ -10,18 +10,6 @@ import pytest
 
 from bestofl import models
 
-RM_URI = "s3://bestofl-test/models/rm"
-
-
-@pytest.fixture(scope="module")
-def rm_on_s3(s3_server, tiny_rm):
-    fs, path = pafs.FileSystem.from_uri(RM_URI)
-    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(), destination_filesystem=fs)
-    with fs.open_output_stream(f"{path}/pytorch_model.bin") as f:  # pickled: never fetched
-        f.write(b"not to be unpickled")
-    return RM_URI
-
-
 def test_uri_model_is_copied_once_safetensors_only(rm_on_s3, tmp_path, monkeypatch):
     monkeypatch.setenv(models.CACHE_ENV, str(tmp_path / "cache"))
     local = models.local_model(rm_on_s3)

