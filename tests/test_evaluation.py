@@ -439,6 +439,8 @@ def test_headline_numbers_go_to_mlflow(pool_rows, tmp_path, monkeypatch):
 def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch, fresh_wandb):
     """tracker=wandb offline (no network): the run file holds, per budget (the step), each
     selector's mean cross - mono difference and every accuracy; the report files are saved."""
+    import wandb
+
     monkeypatch.setenv("WANDB_MODE", "offline")
     monkeypatch.setenv("WANDB_DIR", str(tmp_path))
     monkeypatch.setenv("WANDB_SILENT", "true")
@@ -447,6 +449,7 @@ def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch, 
                                          "bootstrap=0", "monte_carlo=5", "plots=false",
                                          "tracker=wandb", "tracker_project=evals"])
     report = run(cfg)
+    wandb.teardown()  # as at the driver's exit: finish() only tells W&B's service the run ended
     [run_dir] = (tmp_path / "wandb").glob("offline-run-*")
     [run_file] = run_dir.glob("run-*.wandb")
     records = {}
@@ -479,7 +482,8 @@ def test_headline_numbers_go_to_wandb_offline(pool_rows, tmp_path, monkeypatch, 
 def wandb_records(run_file) -> list:
     """The records of a W&B run file: a 7-byte header (":W&B", magic, version), then 32 KiB
     blocks of chunks, each with a 7-byte header (crc32, length, type: 1 whole record,
-    2/3/4 its first/middle/last part); a block's last < 7 bytes are padding."""
+    2/3/4 its first/middle/last part); a block's last < 7 bytes are padding. The file is
+    whole once W&B's service has stopped (wandb.teardown)."""
     from wandb.proto.wandb_internal_pb2 import Record
 
     data = run_file.read_bytes()

@@ -103,7 +103,12 @@ class MetricsLog:
         if self.config.tracker == "mlflow" and self._tracker is not None:
             self._tracker.end_run()
         elif self.config.tracker == "wandb" and self._tracker is not None:
+            import wandb
+
             self._tracker.finish()
+            # finish() only tells W&B's service the run ended; teardown waits until its files
+            # are written. Ray Train kills its workers, so their atexit teardown never runs.
+            wandb.teardown()
         self._tracker = None
 
     def _open_tensorboard(self) -> None:
