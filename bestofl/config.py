@@ -539,21 +539,26 @@ SCHEMAS: dict[str, type] = {
 
 def load_config(command: str, config_file: str | Path | None = None,
                 overrides: Sequence[str] = ()) -> Any:
-    """Schema <- YAML (default conf/<command>.yaml) <- `key=value` overrides -> dataclass."""
-    schema = SCHEMAS[command]
-    path = Path(config_file) if config_file else CONF_DIR / f"{command}.yaml"
-    if not path.is_file():
-        raise ConfigError(f"config file not found: {path}")
-    try:
-        loaded = OmegaConf.load(path)
-        if not isinstance(loaded, DictConfig):
-            raise ConfigError(f"{path}: the top level must be a mapping of keys (key: value), "
-                              f"not a {type(loaded).__name__.replace('Config', '').lower()}")
-        merged = OmegaConf.merge(OmegaConf.structured(schema), loaded)
-    except OmegaConfBaseException as e:
-        raise ConfigError(f"{path}: {_describe(e)}") from None
-    except yaml.YAMLError as e:
-        raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
+    """Schema <- conf/<command>.yaml <- `config_file` <- `key=value` overrides -> dataclass.
+
+    A config file needs only the keys it changes, so an older run's `_config.yaml` still
+    loads after a key is added."""
+    merged = OmegaConf.structured(SCHEMAS[command])
+    for path in [CONF_DIR / f"{command}.yaml", *([Path(config_file)] if config_file else [])]:
+        if not path.is_file():
+            raise ConfigError(f"config file not found: {path}")
+        try:
+            loaded = OmegaConf.load(path)
+            if not isinstance(loaded, DictConfig):
+                raise ConfigError(f"{path}: the top level must be a mapping of keys (key: value), "
+                                  f"not a {type(loaded).__name__.replace('Config', '').lower()}")
+            merged = OmegaConf.merge(merged, loaded)
+            for key in OmegaConf.missing_keys(loaded):  # merging ??? keeps the value below it
+                OmegaConf.update(merged, key, MISSING)
+        except OmegaConfBaseException as e:
+            raise ConfigError(f"{path}: {_describe(e)}") from None
+        except yaml.YAMLError as e:
+            raise ConfigError(f"{path}: not valid YAML: {' '.join(str(e).split())}") from None
     return merge_overrides(merged, overrides, source="command line")
 
 
@@ -692,7 +697,8 @@ def command_parser(command: str, dry_run: bool = False) -> argparse.ArgumentPars
     parser = argparse.ArgumentParser(
         prog=f"bestofl {command.replace('_', '-')}", epilog=describe_keys(command),
         formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--config", default=None, help=f"YAML config (default conf/{command}.yaml)")
+    parser.add_argument("--config", default=None,
+                        help=f"YAML file of keys to change over conf/{command}.yaml")
     if dry_run:
         parser.add_argument("--dry-run", action="store_true",
                             help="print the resolved plan as JSON and start no Ray work")

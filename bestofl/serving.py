@@ -520,7 +520,7 @@ def build_app(cfg: ServeConfig) -> serve.Application:
 
 def config_from_args(args: dict[str, Any]) -> ServeConfig:
     """Serve-config `args` (nested or dotted `bestofl serve` keys; strings as `serve run
-    ... key=value` passes them) as overrides on conf/serve.yaml, or on the file in `config`."""
+    ... key=value` passes them) over conf/serve.yaml and the file in `config`, if any."""
     args = dict(args)
     config_file = args.pop("config", None)
     overrides = OmegaConf.create()

@@ -89,6 +89,24 @@ def test_config_file(tmp_path):
         load_config("sample", tmp_path / "missing.yaml")
 
 
+def test_config_file_needs_only_the_keys_it_changes(tmp_path):
+    """--config layers over conf/<command>.yaml: keys the file leaves out keep their defaults
+    (so an older run's _config.yaml loads after a key is added), and `???` in the file makes
+    a key required again."""
+    full = load_config("evaluate", None, ["input=p", "output=r"])
+    old_run = OmegaConf.to_container(OmegaConf.structured(full))
+    del old_run["tracker"], old_run["tracker_project"]  # written before these keys existed
+    path = tmp_path / "_config.yaml"
+    OmegaConf.save(OmegaConf.create(old_run), path)
+    assert load_config("evaluate", path) == full
+    path.write_text("bootstrap: 7\nplots: false\n")
+    cfg = load_config("evaluate", path, ["input=p", "output=r", "plots=true"])
+    assert (cfg.bootstrap, cfg.plots, cfg.monte_carlo) == (7, True, full.monte_carlo)
+    path.write_text("tracker_project: ???\n")
+    with pytest.raises(ConfigError, match=r"missing required config value\(s\): tracker_project"):
+        load_config("evaluate", path, ["input=p", "output=r"])
+
+
 def test_merge_overrides_on_a_dataclass():
     cfg = load_config("sample", None, REQUIRED)
     changed = merge_overrides(cfg, {"n": 7, "sampling": {"top_p": 0.5}})
