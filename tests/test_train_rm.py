@@ -228,7 +228,8 @@ def test_resume_continues_from_checkpoint(zero2_run):
 
 def test_mlflow_holds_the_metrics_of_both_attempts(zero2_run):
     """The killed run and the resumed one are two MLflow runs of one experiment (setup_mlflow
-    starts a run per attempt); the resumed one is tagged with its checkpoint's step, and
+    starts a run per attempt; the killed one ended FAILED or KILLED, never FINISHED); the
+    resumed one is tagged with its checkpoint's step, and
     together they hold metrics.jsonl's numbers at each step (the killed one also holds the
     steps after its checkpoint that the resumed one redid, up to where it was killed)."""
     from mlflow import MlflowClient
@@ -241,7 +242,9 @@ def test_mlflow_holds_the_metrics_of_both_attempts(zero2_run):
     assert killed.info.run_name == resumed.info.run_name == "zero2"
     assert killed.data.tags["resumed_from"] == "0"
     assert resumed.data.tags["resumed_from"] == str(checkpoint_step)
-    assert resumed.info.status == "FINISHED"
+    # KILLED if rank 0 was the worker killed, FAILED if it saw its peer die
+    assert (killed.info.status in ("KILLED", "FAILED"), resumed.info.status) == (True, "FINISHED")
+    assert killed.data.tags["output"] == resumed.data.tags["output"] == str(out)
     for logged in (killed, resumed):
         assert logged.data.params["objective"] == "pairwise"
         assert logged.data.params["zero_stage"] == "2"
@@ -279,6 +282,39 @@ def test_workers_get_the_drivers_mlflow_store(uri, absolute, tmp_path, monkeypat
     monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
     assert worker_env("mlflow") == {"MLFLOW_TRACKING_URI": absolute.format(cwd=tmp_path),
                                     "MLFLOW_ALLOW_FILE_STORE": "true"}
+
+
+def test_each_attempts_mlflow_run_ends_with_its_outcome(tiny_rm, pool_dir, tmp_path, monkeypatch):
+    """An attempt whose workers all died left its run RUNNING: the next attempt on the same
+    output marks it KILLED (another output's running run is left alone). An attempt that
+    fails (a peer died) ends its run FAILED; one that completes, FINISHED."""
+    from mlflow import MlflowClient
+
+    from bestofl.reward.tracking import MetricsLog
+    from bestofl.reward.training import WorkerConfig
+
+    monkeypatch.chdir(tmp_path)
+    monkeypatch.setenv("MLFLOW_TRACKING_URI", f"file:{tmp_path / 'mlruns'}")
+    monkeypatch.setenv("MLFLOW_ALLOW_FILE_STORE", "true")
+    client = MlflowClient()
+    experiment = client.create_experiment("attempts")
+    out, other = str(tmp_path / "rm"), str(tmp_path / "elsewhere" / "rm")
+    died, running = (client.create_run(experiment, tags={"output": o}).info.run_id
+                     for o in (out, other))
+
+    def attempt() -> MetricsLog:
+        cfg = load_config("train_rm", None, [f"input={pool_dir}", f"model={tiny_rm}",
+                                             f"output={out}", "tracker=mlflow",
+                                             "tracker_project=attempts"])
+        config = WorkerConfig.of(cfg, steps_per_epoch=2, output=out, fold=None)
+        return MetricsLog(config, rank=0, resumed_step=0)
+
+    attempt().close(failed=True)
+    attempt().close()
+    runs = sorted(client.search_runs([experiment]), key=lambda r: r.info.start_time)
+    status = {r.info.run_id: r.info.status for r in runs}
+    assert (status.pop(died), status.pop(running)) == ("KILLED", "RUNNING")
+    assert list(status.values()) == ["FAILED", "FINISHED"]
 
 
 def test_workers_get_the_drivers_wandb_settings(tiny_rm, pool_dir, tmp_path, monkeypatch,

@@ -88,7 +88,8 @@ class MetricsLog:
         elif self.config.tracker == "wandb":
             self._tracker.log(scalars, step=step)
 
-    def close(self) -> None:
+    def close(self, failed: bool = False) -> None:
+        """Flush and close the logs; the tracker's run ends as FAILED if `failed`."""
         if self._tensorboard is not None:
             self._tensorboard.close()
             if self._tensorboard_dir is not None:  # a URI output: upload the event files
@@ -101,11 +102,11 @@ class MetricsLog:
                 self._tensorboard_dir.cleanup()
             self._tensorboard = None
         if self.config.tracker == "mlflow" and self._tracker is not None:
-            self._tracker.end_run()
+            self._tracker.end_run(status="FAILED" if failed else "FINISHED")
         elif self.config.tracker == "wandb" and self._tracker is not None:
             import wandb
 
-            self._tracker.finish()
+            self._tracker.finish(exit_code=1 if failed else 0)
             # finish() only tells W&B's service the run ended; teardown waits until its files
             # are written. Ray Train kills its workers, so their atexit teardown never runs.
             wandb.teardown()
@@ -133,10 +134,12 @@ class MetricsLog:
         if config.tracker == "mlflow":
             from ray.air.integrations.mlflow import setup_mlflow
 
+            _end_killed_mlflow_runs(config.tracker_project, config.output)
             # A resumed run is a new MLflow run, tagged with the step it resumed from.
             self._tracker = setup_mlflow(config=params, experiment_name=config.tracker_project,
                                          run_name=run_name, create_experiment_if_not_exists=True,
-                                         tags={"resumed_from": str(self.resumed_step)})
+                                         tags={"resumed_from": str(self.resumed_step),
+                                               "output": config.output})
         else:
             from ray.air.integrations.wandb import setup_wandb
 
@@ -144,6 +147,21 @@ class MetricsLog:
                 os.makedirs(os.environ["WANDB_DIR"], exist_ok=True)
             self._tracker = setup_wandb(config=params, project=config.tracker_project,
                                         name=run_name)
+
+
+def _end_killed_mlflow_runs(experiment_name: str, output: str) -> None:
+    """Mark this output's earlier runs that still say RUNNING as KILLED: their workers died
+    (a crash, a preemption) before they could end the run, and this attempt replaces them."""
+    from mlflow import MlflowClient
+
+    client = MlflowClient()
+    experiment = client.get_experiment_by_name(experiment_name)
+    if experiment is None:
+        return
+    for run in client.search_runs([experiment.experiment_id],
+                                  filter_string="attributes.status = 'RUNNING'"):
+        if run.data.tags.get("output") == output:
+            client.set_terminated(run.info.run_id, status="KILLED")
 
 
 def _metrics_history(path: str, step: int) -> list[str]:

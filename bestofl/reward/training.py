@@ -245,8 +245,10 @@ def train_loop(config: WorkerConfig) -> None:
             # Resumed from the final checkpoint (the driver died before finishing the
             # output): the loop had nothing left to do, so report the finished model again.
             _report(worker, validator, log, step, window, resumed)
-    finally:
-        log.close()
+    except BaseException:  # e.g. a peer worker died: this attempt failed
+        log.close(failed=True)
+        raise
+    log.close()
 
 
 # ---------------------------------------------------------------- set-up and resume
