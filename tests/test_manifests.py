@@ -165,6 +165,16 @@ def test_every_ray_pod_caches_hub_models_and_may_get_a_hub_token(name):
                                                                 "optional": True}
 
 
+@pytest.mark.parametrize("name", sorted(set(KUBERAY) - {"rayservice-selector.yaml"}))
+def test_every_ray_pod_of_the_jobs_may_get_store_and_tracker_credentials(name):
+    """Workers see no secret of the job's config: the store's credentials and the trackers'
+    (WANDB_API_KEY, MLflow's) reach every Ray container from optional Secrets."""
+    for group in _groups(_cluster_spec(_load(name))):
+        ray_container = group["template"]["spec"]["containers"][0]
+        assert {"secretRef": {"name": "bestofl-storage", "optional": True}} in ray_container["envFrom"]
+        assert {"secretRef": {"name": "bestofl-trackers", "optional": True}} in ray_container["envFrom"]
+
+
 def test_pod_template_validation_catches_mistakes():
     import jsonschema
     import kubernetes_validate
