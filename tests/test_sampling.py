@@ -221,15 +221,26 @@ def _part_files(output) -> set[str]:
     return set(pool.parquet_files(str(output)))
 
 
-def _wait_for_dead_samplers(ray_state, timeout: float = 120) -> None:
-    """Until no other job's Sampler actor lives: the killed run can write no more parts."""
-    import ray
+def _sampler_actors(ray_state) -> dict[str, dict]:
+    return {a["ActorID"]: a for a in ray_state.actors().values() if "Sampler" in a["ActorClassName"]}
 
-    own = ray.get_runtime_context().get_job_id()
+
+def _wait_for_dead_samplers(ray_state, before: set[str], timeout: float = 120) -> None:
+    """Until no Sampler actor started since `before` lives, nor its process: the GCS marks a
+    dead driver's actors DEAD before the raylet has killed their processes, which can still
+    write a part meanwhile. Then the killed run can write no more parts."""
+    import psutil
+
+    def running(pid: int) -> bool:
+        try:
+            return psutil.Process(pid).status() != psutil.STATUS_ZOMBIE
+        except psutil.NoSuchProcess:
+            return False
+
     deadline = time.time() + timeout
     while time.time() < deadline:
-        if not [a for a in ray_state.actors().values() if "Sampler" in a["ActorClassName"]
-                and a["JobID"] != own and a["State"] != "DEAD"]:
+        if not [a for key, a in _sampler_actors(ray_state).items() if key not in before
+                and (a["State"] != "DEAD" or (a["Pid"] and running(a["Pid"])))]:
             return
         time.sleep(0.2)
     raise TimeoutError("the killed run's Sampler actors did not die")
@@ -247,6 +258,7 @@ def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
     out = base / "pool"
     cmd = [sys.executable, "-m", "bestofl.cli", "sample",
            *_overrides(questions_file, tiny_lm, out, f"ray.address={ray_cluster.address}")]
+    before = set(_sampler_actors(ray_state))
     with open(base / "killed.log", "wb") as log:
         proc = subprocess.Popen([*cmd, "--verbose"], stdout=log, stderr=subprocess.STDOUT)
         try:
@@ -256,7 +268,7 @@ def parallel(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
             proc.kill()  # the driver dies mid-run: Ray ends its job and the job's actors
             proc.wait()
     assert proc.returncode == -signal.SIGKILL, (base / "killed.log").read_text()[-3000:]
-    _wait_for_dead_samplers(ray_state)
+    _wait_for_dead_samplers(ray_state, before)
     first = {f: Path(f).read_bytes() for f in _part_files(out)}
     first_table = pool.read_pool(str(out))
     assert not storage.is_finished(str(out))
@@ -359,8 +371,7 @@ def forcing_killed(ray_cluster, tiny_lm, questions_file, tmp_path_factory):
     stop = threading.Event()
 
     def samplers():
-        return [a for a in ray_state.actors().values()
-                if "Sampler" in a["ActorClassName"] and a["JobID"] == ray_job]
+        return [a for a in _sampler_actors(ray_state).values() if a["JobID"] == ray_job]
 
     def killer():
         while not stop.wait(0.2):
