@@ -65,15 +65,29 @@ def cluster_address(address: str | None) -> tuple[str | None, str]:
     return recorded, THIS_NODE
 
 
-
 # A local instance is one node that nothing drains: Ray Train's preemption watcher has no
 # work there, and its start logs Ray core's false alarm about restartable actors whose
 # constructor arguments are in the object store (ray-project/ray#57733).
 LOCAL_ENV = {"RAY_TRAIN_ENABLE_PREEMPTION_WATCHER": "0"}
+LOCAL_SETUP_HOOK = "bestofl.ray_runtime.pin_ray_address"
 
 
-def _logging_args(local: bool = False) -> dict[str, Any]:
-    """Ray's start-up lines and its workers' warnings (e.g. Ray Train's repeated "Failed to
+def pin_ray_address() -> None:
+    """Run by every worker of a local instance as it starts: RAY_ADDRESS names that instance.
+
+    Ray's state API, asked without an address (Ray Train's placement-group cleaner asks it
+    whether the controller lives), otherwise looks around the node. Beside a second instance
+    it fails with a traceback on the console; beside a `ray start` cluster it asks that
+    cluster, which has no such controller, and the cleaner takes it for dead."""
+    import ray
+
+    os.environ["RAY_ADDRESS"] = ray.get_runtime_context().gcs_address
+
+
+def _init_args(local: bool = False) -> dict[str, Any]:
+    """What `ray.init` gets besides the address: log levels and the job's runtime_env.
+
+    Ray's start-up lines and its workers' warnings (e.g. Ray Train's repeated "Failed to
     query Ray Train Controller actor state" without a dashboard) stay out of the default
     output; errors, our own prints and progress bars still show. The quiet defaults reach
     every worker of the job through its runtime_env, on a local instance or a cluster."""
@@ -84,13 +98,16 @@ def _logging_args(local: bool = False) -> dict[str, Any]:
     if job:
         job_env = (json.loads(job).get("runtime_env") or {}).get("env_vars") or {}
         env = {k: v for k, v in env.items() if k not in job_env}
-    runtime_env = {"runtime_env": {"env_vars": env}} if env else {}
+    runtime_env: dict[str, Any] = {"env_vars": env} if env else {}
+    if local:
+        runtime_env["worker_process_setup_hook"] = LOCAL_SETUP_HOOK
+    args: dict[str, Any] = {"runtime_env": runtime_env} if runtime_env else {}
     if console.verbose():
-        return {"logging_level": logging.INFO, **runtime_env}
+        return {"logging_level": logging.INFO, **args}
     ray.data.DataContext.get_current().print_on_execution_start = False
     logging.getLogger("ray.data").setLevel(logging.WARNING)  # its progress bars stay
     logging.getLogger("ray.serve").setLevel(logging.WARNING)  # the driver's Serve lines
-    return {"logging_level": logging.WARNING, **runtime_env,
+    return {"logging_level": logging.WARNING, **args,
             "logging_config": ray.LoggingConfig(encoding="TEXT", log_level="ERROR")}
 
 
@@ -128,7 +145,7 @@ def init_ray(cfg: RayConfig) -> None:
             # This node's cluster through Ray's own discovery, which also picks up its auth
             # token; Ray never sends one to an address it was given (RAY_AUTH_MODE=token does).
             ray.init(address=None if why == THIS_NODE else address, log_to_driver=True,
-                     **_logging_args())
+                     **_init_args())
         except ConnectionError as e:
             if not _refused_for_auth(e):
                 raise
@@ -142,7 +159,7 @@ def init_ray(cfg: RayConfig) -> None:
         # address="local": a new instance even where another user's `ray start` cluster runs here.
         ray.init(address=LOCAL, num_cpus=cfg.num_cpus,
                  object_store_memory=cfg.object_store_memory, include_dashboard=False,
-                 **_logging_args(local=True))
+                 **_init_args(local=True))
         print(f"bestofl: started a local Ray instance ({why}): "
               f"{ray.cluster_resources().get('CPU', 0):g} CPUs", file=sys.stderr, flush=True)
 

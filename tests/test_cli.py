@@ -253,19 +253,19 @@ def test_verbose_flag_anywhere_is_taken_out_and_turns_ray_logs_on(tmp_path, monk
     monkeypatch.setenv("VLLM_LOGGING_LEVEL", "INFO")  # a user's own setting wins
     assert cli.main(["tiny-model", f"output={tmp_path / 'lm'}"]) == 0
     assert os.environ["TORCH_CPP_LOG_LEVEL"] == "ERROR" and "RAY_DATA_LOG_LEVEL" not in os.environ
-    args = ray_runtime._logging_args()
+    args = ray_runtime._init_args()
     assert args["logging_config"].log_level == "ERROR"
     workers = args["runtime_env"]["env_vars"]
     assert workers["RAY_DATA_LOG_LEVEL"] == "ERROR" and workers["VLLM_LOGGING_LEVEL"] == "INFO"
     # Only a local instance, which nothing drains, turns Ray Train's preemption watcher off.
     assert "RAY_TRAIN_ENABLE_PREEMPTION_WATCHER" not in workers
-    local = ray_runtime._logging_args(local=True)["runtime_env"]["env_vars"]
+    local = ray_runtime._init_args(local=True)["runtime_env"]["env_vars"]
     assert local["RAY_TRAIN_ENABLE_PREEMPTION_WATCHER"] == "0"
 
     assert cli.main(["tiny-model", f"output={tmp_path / 'lm2'}", "--verbose"]) == 0
     assert os.environ.get(console.VERBOSE_ENV) == "1"
     assert (tmp_path / "lm2" / "config.json").exists()
-    args = ray_runtime._logging_args()
+    args = ray_runtime._init_args()
     assert "logging_config" not in args  # Ray's own logs, and workers follow the driver
     assert args["runtime_env"]["env_vars"] == {console.VERBOSE_ENV: "1"}
 

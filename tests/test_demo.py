@@ -17,7 +17,8 @@ def _console(*args: str, cwd: Path) -> tuple[int, list[str]]:
     """`bestofl ...` as a user runs it, on its own local Ray instance: its exit code and the
     lines a terminal shows (driver stdout and stderr plus what Ray forwards from workers;
     a bar's \\r updates overwrite each other, so each line counts once)."""
-    env = {k: v for k, v in os.environ.items() if k != "RAY_ADDRESS"}
+    # A user's shell: no RAY_ADDRESS, and no DS_ACCELERATOR (`make` sets it, not `bestofl`).
+    env = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "DS_ACCELERATOR")}
     done = subprocess.run([str(BESTOFL), *args, "ray.address=local"], cwd=cwd,
                           stdout=subprocess.PIPE, stderr=subprocess.STDOUT, env=env, timeout=900)
     text = done.stdout.decode(errors="replace").rstrip("\n")
@@ -70,7 +71,8 @@ def test_demo_fast_variant_end_to_end_and_rerun(tiny_lm, tiny_rm, tmp_path):
     printed = "\n".join(lines)
     for noise in ("Traceback", "Exception ignored", "EngineDeadError", "resource_tracker", "core_worker.cc", "LOAD REPORT", "Triton",
                   "Progress bars disabled", "execution finished", "repeated", "Loading weights",
-                  "Writing model shards", "Loading safetensors", "Started a local Ray instance"):
+                  "Writing model shards", "Loading safetensors", "Started a local Ray instance",
+                  "Setting accelerator"):
         assert noise not in printed, f"{noise!r} in the demo's output:\n{printed}"
     assert len(lines) <= 80, f"{len(lines)} lines:\n{printed}"
 

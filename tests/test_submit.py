@@ -247,18 +247,24 @@ def test_stop_a_running_job(head, client, capsys):
 # A command's Ray start-up, as every pipeline does it, then what the driver sees.
 DRIVER = """
 import json, os, sys, ray
+from ray._private import services
 from bestofl.config import RayConfig
 from bestofl.ray_runtime import init_ray
 init_ray(RayConfig(address=sys.argv[1] or None, num_cpus=1, object_store_memory=80 * 2**20))
-print(json.dumps({"job_id": ray.get_runtime_context().get_job_id(), "pid": os.getpid()}))
+seen = {"job_id": ray.get_runtime_context().get_job_id(), "pid": os.getpid(),
+        "gcs": ray.get_runtime_context().gcs_address}
+if sys.argv[2:] == ["--probe"]:  # the instance a worker's address-less lookups resolve to
+    seen["worker_finds"] = ray.get(ray.remote(
+        lambda: services.canonicalize_bootstrap_address_or_die(None)).remote())
+print(json.dumps(seen))
 """
 
 
-def _driver(address: str, ray_head, **env: str) -> tuple[dict, list[str]]:
+def _driver(address: str, ray_head, *args: str, **env: str) -> tuple[dict, list[str]]:
     # A shell on the head's node: no RAY_ADDRESS, Ray's default auth mode.
     base = {k: v for k, v in os.environ.items() if k not in ("RAY_ADDRESS", "RAY_AUTH_MODE")}
-    done = subprocess.run([sys.executable, "-c", DRIVER, address], capture_output=True, text=True,
-                          env={**base, "RAY_TMPDIR": ray_head.tmpdir, **env}, timeout=180)
+    done = subprocess.run([sys.executable, "-c", DRIVER, address, *args], capture_output=True,
+                          text=True, env={**base, "RAY_TMPDIR": ray_head.tmpdir, **env}, timeout=180)
     if done.returncode:
         return {}, done.stderr.strip().splitlines()
     ours = [line for line in done.stderr.splitlines() if line.startswith("bestofl:")]
@@ -277,10 +283,14 @@ def test_a_command_on_a_cluster_node_joins_it(ray_head, client):
 
 @pytest.mark.slow
 def test_local_starts_a_private_instance_beside_the_cluster(ray_head, client):
-    seen, lines = _driver("local", ray_head)
+    """Its workers' address-less Ray lookups find the private instance, not the recorded
+    cluster: Ray Train's placement-group cleaner asks the state API that way whether its
+    controller lives, and asking the other cluster it would find the controller gone."""
+    seen, lines = _driver("local", ray_head, "--probe")
     assert lines == ["bestofl: started a local Ray instance (ray.address=local): 1 CPUs"]
     jobs = client.list_jobs()
     assert str(seen["pid"]) not in {j.driver_info.pid for j in jobs if j.driver_info}
+    assert seen["worker_finds"] == seen["gcs"] != ray_head.address
 
 
 def test_a_given_address_with_token_auth(ray_head):

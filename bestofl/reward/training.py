@@ -16,6 +16,7 @@ from __future__ import annotations
 import dataclasses
 import logging
 import math
+import os
 import resource
 import tempfile
 import time
@@ -253,6 +254,10 @@ def train_loop(config: WorkerConfig) -> None:
 
 # ---------------------------------------------------------------- set-up and resume
 def _start_engine(config: WorkerConfig) -> _Worker:
+    device = ray.train.torch.get_device()
+    if device.type == "cpu":
+        # Else DeepSpeed probes for an accelerator and warns on every worker that it found none.
+        os.environ.setdefault("DS_ACCELERATOR", "cpu")
     import deepspeed  # heavy: workers only
     from ray.train.v2._internal.execution import context as train_context
 
@@ -260,7 +265,6 @@ def _start_engine(config: WorkerConfig) -> _Worker:
     # carries all validation scores. Our own line per report says what matters.
     logging.getLogger(train_context.__file__).setLevel(logging.WARNING)
     ctx = ray.train.get_context()
-    device = ray.train.torch.get_device()
     if device.type == "cuda":
         torch.cuda.set_device(device)
     else:
